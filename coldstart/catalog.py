@@ -1,0 +1,210 @@
+"""The table catalog: every Delta table's schema, key, partition column and a one-line doc per column.
+
+This is the one place where table contracts live (DESIGN.md, "Output contract"). Everything that
+writes or reads a table takes its schema from here; ``coldstart tables`` prints these docs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+UTC_TS = pa.timestamp("us", tz="UTC")
+STR_MAP = pa.map_(pa.string(), pa.string())
+
+
+def col(name: str, dtype: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
+    return pa.field(name, dtype, nullable=nullable, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    doc: str
+    schema: pa.Schema
+    key: tuple[str, ...]
+    partition_by: tuple[str, ...] = ()
+
+    @property
+    def columns(self) -> list[str]:
+        return self.schema.names
+
+    def column_doc(self, name: str) -> str:
+        meta = self.schema.field(name).metadata or {}
+        return meta.get(b"doc", b"").decode()
+
+    def describe(self) -> str:
+        lines = [f"{self.name}: {self.doc}",
+                 f"  key: {', '.join(self.key)}" + (f"; partition: {', '.join(self.partition_by)}" if self.partition_by else "")]
+        for f in self.schema:
+            lines.append(f"  {f.name:<18} {str(f.type):<28} {self.column_doc(f.name)}")
+        return "\n".join(lines)
+
+
+INTERACTIONS = Table(
+    "interactions",
+    "Accepted events, one row per event_id, partitioned by the landing day they arrived in.",
+    pa.schema([
+        col("event_id", pa.string(), "Unique event id from the source.", nullable=False),
+        col("user_id", pa.string(), "Who acted.", nullable=False),
+        col("item_id", pa.string(), "What was acted on.", nullable=False),
+        col("event_type", pa.string(), "One of the configured event types (view, click, like, rate, purchase).", nullable=False),
+        col("value", pa.float64(), "Rating or weight; null when the event carries none."),
+        col("scene", pa.string(), "Context of the event (surface, device, campaign); 'default' when absent.", nullable=False),
+        col("event_ts", UTC_TS, "When the event happened (UTC).", nullable=False),
+        col("event_date", pa.date32(), "UTC date of event_ts.", nullable=False),
+        col("run_date", pa.date32(), "Landing day (partition) the event arrived in.", nullable=False),
+        col("source_file", pa.string(), "Landing file the row came from.", nullable=False),
+        col("ingested_at", UTC_TS, "Audit: when the ingest run wrote the row (wall clock)."),
+    ]),
+    key=("event_id",),
+    partition_by=("run_date",),
+)
+
+QUARANTINE = Table(
+    "quarantine",
+    "Rejected landing rows with the reason; nothing read is lost.",
+    pa.schema([
+        col("run_date", pa.date32(), "Landing day (partition).", nullable=False),
+        col("source", pa.string(), "interactions, items or users.", nullable=False),
+        col("source_file", pa.string(), "Landing file of the row."),
+        col("line", pa.int64(), "1-based line (JSONL/CSV data line) or row number (Parquet) in the file."),
+        col("raw", pa.string(), "The row as read (text), for replay after a fix."),
+        col("reason", pa.string(), "Machine-readable reason, e.g. missing_field, bad_timestamp, unknown_event_type.", nullable=False),
+        col("detail", pa.string(), "Human-readable detail (which field, which value)."),
+        col("ingested_at", UTC_TS, "Audit: when the ingest run wrote the row."),
+    ]),
+    key=("run_date", "source", "source_file", "line"),
+    partition_by=("run_date",),
+)
+
+INGEST_AUDIT = Table(
+    "ingest_audit",
+    "Row accounting per run date and source: rows_read = rows_accepted + rows_quarantined + rows_duplicate.",
+    pa.schema([
+        col("run_date", pa.date32(), "Landing day.", nullable=False),
+        col("source", pa.string(), "interactions, items or users.", nullable=False),
+        col("files", pa.int64(), "Data files read.", nullable=False),
+        col("rows_read", pa.int64(), "Rows read from the files.", nullable=False),
+        col("rows_accepted", pa.int64(), "Rows written to their table.", nullable=False),
+        col("rows_quarantined", pa.int64(), "Rows written to quarantine.", nullable=False),
+        col("rows_duplicate", pa.int64(), "Rows dropped as repeats of an accepted id.", nullable=False),
+        col("ingested_at", UTC_TS, "Audit: when the ingest run wrote the row."),
+    ]),
+    key=("run_date", "source"),
+    partition_by=("run_date",),
+)
+
+ITEMS = Table(
+    "items",
+    "Current state of every item (catalog rows merged by item_id; interaction-only items get a row without text).",
+    pa.schema([
+        col("item_id", pa.string(), "Item id.", nullable=False),
+        col("title", pa.string(), "Title; may be empty."),
+        col("description", pa.string(), "Description; may be empty."),
+        col("tags", pa.list_(pa.string()), "Tags (list of strings)."),
+        col("attributes", STR_MAP, "Free-form attributes (string map)."),
+        col("active", pa.bool_(), "False retires the item from recommendations.", nullable=False),
+        col("content_text", pa.string(), "Stable text built from title, tags, description, attributes; what the encoder reads.", nullable=False),
+        col("content_hash", pa.string(), "sha256 of content_text; changes exactly when content_text changes.", nullable=False),
+        col("first_seen", pa.date32(), "Run date the item first appeared (catalog row or interaction).", nullable=False),
+        col("first_interaction", pa.date32(), "Run date of the item's first accepted interaction (null: none yet)."),
+        col("updated_at", UTC_TS, "Source's updated_at of the latest catalog row (null for interaction-only items)."),
+        col("last_run_date", pa.date32(), "Run date of the last change to this row.", nullable=False),
+    ]),
+    key=("item_id",),
+)
+
+USERS = Table(
+    "users",
+    "Every known user: profile rows merged by user_id, plus users first seen in interactions.",
+    pa.schema([
+        col("user_id", pa.string(), "User id.", nullable=False),
+        col("profile", STR_MAP, "Profile fields (strings; JSON numbers kept as their text)."),
+        col("content_text", pa.string(), "Stable text of the profile fields; empty when the user has no profile.", nullable=False),
+        col("content_hash", pa.string(), "sha256 of content_text.", nullable=False),
+        col("first_seen", pa.date32(), "Run date the user first appeared.", nullable=False),
+        col("last_seen", pa.date32(), "Latest run date with an accepted event or profile row.", nullable=False),
+    ]),
+    key=("user_id",),
+)
+
+ENTITY_EMBEDDINGS = Table(
+    "entity_embeddings",
+    "Encoder vectors of items and users, one row per entity and encoder; re-encoded only when content_hash changes.",
+    pa.schema([
+        col("entity_type", pa.string(), "item or user.", nullable=False),
+        col("entity_id", pa.string(), "item_id or user_id.", nullable=False),
+        col("encoder", pa.string(), "Encoder name (setting encoder_name).", nullable=False),
+        col("content_hash", pa.string(), "content_hash of the text that was encoded.", nullable=False),
+        col("embedding", pa.list_(pa.float32()), "L2-normalised vector.", nullable=False),
+        col("dim", pa.int32(), "Length of embedding.", nullable=False),
+        col("run_date", pa.date32(), "Run date that encoded this version.", nullable=False),
+    ]),
+    key=("entity_type", "entity_id", "encoder"),
+)
+
+MODEL_REGISTRY = Table(
+    "model_registry",
+    "One trained model per run date with its lineage.",
+    pa.schema([
+        col("model_version", pa.string(), "<run_date>-<short checksum>.", nullable=False),
+        col("run_date", pa.date32(), "Night that trained it.", nullable=False),
+        col("parent_version", pa.string(), "Version it was warm-started from (null for full/cold)."),
+        col("mode", pa.string(), "warm, full or cold.", nullable=False),
+        col("checkpoint_uri", pa.string(), "Folder of the checkpoint.", nullable=False),
+        col("checksum", pa.string(), "sha256 of the checkpoint manifest.", nullable=False),
+        col("metrics", pa.string(), "JSON: training and validation metrics per head.", nullable=False),
+        col("status", pa.string(), "ready (usable by score).", nullable=False),
+        col("created_at", UTC_TS, "Audit: wall clock of the training run."),
+    ]),
+    key=("run_date",),
+)
+
+RECOMMENDATIONS = Table(
+    "recommendations",
+    "Top-K lists per active user and scene; run_date D holds the lists to show on day D+1.",
+    pa.schema([
+        col("run_date", pa.date32(), "Night that scored (partition).", nullable=False),
+        col("user_id", pa.string(), "User.", nullable=False),
+        col("scene", pa.string(), "Scene the list is for.", nullable=False),
+        col("rank", pa.int32(), "1 = best.", nullable=False),
+        col("item_id", pa.string(), "Recommended item.", nullable=False),
+        col("score", pa.float64(), "Model score (logit) or popularity score for the fallback list.", nullable=False),
+        col("model_version", pa.string(), "model_registry version that scored (or 'popular' for the fallback).", nullable=False),
+        col("user_segment", pa.string(), "new (no history, no profile), cold (profile or 1-5 events), warm (more).", nullable=False),
+        col("item_is_new", pa.bool_(), "Item had no interaction before this run date.", nullable=False),
+        col("reason", pa.string(), "Why: 'similar to <title> you liked', 'popular in <scene>', ..."),
+    ]),
+    key=("run_date", "user_id", "scene", "rank"),
+    partition_by=("run_date",),
+)
+
+EVALUATION = Table(
+    "evaluation",
+    "Next-day quality: lists of D-1 against events of D, per method, slice, metric and K.",
+    pa.schema([
+        col("run_date", pa.date32(), "Night that evaluated (events of this date against lists of the day before).", nullable=False),
+        col("method", pa.string(), "model or a baseline name.", nullable=False),
+        col("slice", pa.string(), "all, cold_users, warm_users, cold_items, cold_only.", nullable=False),
+        col("metric", pa.string(), "recall, ndcg.", nullable=False),
+        col("k", pa.int32(), "Cut-off.", nullable=False),
+        col("value", pa.float64(), "Mean over target users of the slice."),
+        col("n_users", pa.int64(), "Target users in the slice.", nullable=False),
+        col("model_version", pa.string(), "Model version whose lists were evaluated."),
+    ]),
+    key=("run_date", "method", "slice", "metric", "k"),
+    partition_by=("run_date",),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (
+    INTERACTIONS, QUARANTINE, INGEST_AUDIT, ITEMS, USERS, ENTITY_EMBEDDINGS, MODEL_REGISTRY, RECOMMENDATIONS, EVALUATION,
+)}
+
+
+def table(name: str) -> Table:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown table {name!r}; known: {', '.join(TABLES)}") from None

@@ -1,0 +1,106 @@
+"""The ``coldstart`` command: run the pipeline in-process, replay the sample, query the tables."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from coldstart.pipeline import STAGES
+
+    parser = argparse.ArgumentParser(prog="coldstart", description=__doc__)
+    parser.add_argument("--config", default=None, help="TOML settings file (default: $COLDSTART_CONFIG)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the stages in order for a date or a range, in-process")
+    when = run.add_mutually_exclusive_group(required=True)
+    when.add_argument("--date", type=_date, help="one run date")
+    when.add_argument("--from", dest="first", type=_date, help="first run date of a range (with --to)")
+    run.add_argument("--to", dest="last", type=_date, help="last run date of a range")
+    run.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    run.add_argument("--skip", default="", help="comma-separated stages to skip")
+    run.add_argument("--full-retrain", action="store_true", help="train from scratch instead of from D-1")
+    run.add_argument("--top-k", type=int, default=None)
+
+    rep = sub.add_parser("replay", help="write the bundled MovieLens sample into the landing zone")
+    rep.add_argument("--start", type=_date, default=dt.date(2024, 1, 1), help="bootstrap day (default 2024-01-01)")
+    rep.add_argument("--days", type=int, default=14, help="replay days after the bootstrap day (default 14)")
+    rep.add_argument("--landing", default=None, help="landing root (default: setting landing)")
+    rep.add_argument("--users-limit", type=int, default=None, help="keep only the first N users (tiny slices)")
+
+    sql = sub.add_parser("sql", help="query the output tables with DuckDB (tables by name)")
+    sql.add_argument("query")
+    sql.add_argument("--output", default=None, help="write .csv or .parquet instead of printing")
+
+    sub.add_parser("settings", help="list every setting with its environment variable, default and doc")
+    sub.add_parser("tables", help="list every table with its columns and docs")
+    vac = sub.add_parser("vacuum", help="delete unreferenced files (old versions and orphans of crashed writes)")
+    vac.add_argument("--retention-hours", type=int, default=168)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    from coldstart.config import Settings, SettingsError, describe
+
+    try:
+        settings = Settings.load(args.config)
+    except SettingsError as exc:
+        print(f"coldstart: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "settings":
+        print(describe())
+    elif args.command == "tables":
+        from coldstart.catalog import TABLES
+        print("\n\n".join(t.describe() for t in TABLES.values()))
+    elif args.command == "replay":
+        from coldstart.replay import replay
+        plan = replay(args.landing or settings.landing, args.start, args.days, seed=settings.seed,
+                      users_limit=args.users_limit)
+        print(f"landed {plan.days + 1} days: bootstrap {plan.bootstrap_day}, replay {plan.day(1)} .. {plan.day(plan.days)}")
+    elif args.command == "run":
+        from coldstart.pipeline import STAGES, date_range, run_days
+        if args.first and not args.last:
+            print("coldstart run: --from needs --to", file=sys.stderr)
+            return 2
+        dates = [args.date] if args.date else date_range(args.first, args.last)
+        stages = [s for s in args.stages.split(",") if s]
+        unknown = [s for s in stages + [s for s in args.skip.split(",") if s] if s not in STAGES]
+        if unknown:
+            print(f"coldstart run: unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}", file=sys.stderr)
+            return 2
+        run_days(settings, dates, stages, [s for s in args.skip.split(",") if s], args.full_retrain, args.top_k)
+    elif args.command == "sql":
+        from coldstart.query import run_sql
+        import pandas as pd
+        frame = run_sql(settings, args.query, args.output)
+        if frame is not None:
+            with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200):
+                print(frame.to_string(index=False))
+        else:
+            print(f"wrote {args.output}")
+    elif args.command == "vacuum":
+        from coldstart.catalog import TABLES
+        from coldstart.lake import Lake
+        lake = Lake.from_settings(settings)
+        for name in TABLES:
+            if lake.exists(name):
+                print(f"{name}: removed {len(lake.vacuum(name, args.retention_hours))} file(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

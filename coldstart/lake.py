@@ -1,0 +1,475 @@
+"""Delta I/O through delta-rs (``deltalake``): every write is one atomic Delta commit.
+
+Small writes go straight through ``write_deltalake`` / ``merge``. Large Spark outputs are never
+collected into the driver: executors write Parquet files into the table's folder, the driver reads
+only their footers (for min/max/null-count stats) and commits them in one transaction through add
+actions. A crash before that commit leaves the table as it was; ``vacuum`` removes the orphans.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+from deltalake.transaction import AddAction
+
+from coldstart.catalog import Table, table as catalog_table
+from coldstart.config import Settings
+
+log = logging.getLogger("coldstart.lake")
+
+
+class SchemaMismatchError(ValueError):
+    """Data does not fit a table's catalog schema; the message names the column."""
+
+
+def _is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def _local_path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def _partition_text(value) -> str:
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()[:10] if isinstance(value, dt.date) and not isinstance(value, dt.datetime) else value.isoformat()
+    return str(value)
+
+
+class Lake:
+    def __init__(self, root: str, storage_options: Mapping[str, str] | None = None):
+        self.root = root.rstrip("/")
+        if _is_local(self.root):
+            self.root = os.path.abspath(_local_path(self.root))
+        self.storage_options = dict(storage_options) if storage_options else None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Lake":
+        return cls(settings.lake)
+
+    # --- basics -----------------------------------------------------------------------------
+    def uri(self, name: str) -> str:
+        return f"{self.root}/{name}"
+
+    def exists(self, name: str) -> bool:
+        return DeltaTable.is_deltatable(self.uri(name), storage_options=self.storage_options)
+
+    def table(self, name: str) -> DeltaTable:
+        try:
+            return DeltaTable(self.uri(name), storage_options=self.storage_options)
+        except TableNotFoundError:
+            return self.ensure(name)
+
+    def ensure(self, name: str) -> DeltaTable:
+        """Create the table from its catalog schema if it does not exist."""
+        spec = catalog_table(name)
+        if not self.exists(name):
+            DeltaTable.create(self.uri(name), spec.schema, mode="ignore", partition_by=list(spec.partition_by) or None,
+                              name=spec.name, description=spec.doc, storage_options=self.storage_options)
+        return DeltaTable(self.uri(name), storage_options=self.storage_options)
+
+    def version(self, name: str) -> int:
+        return self.table(name).version()
+
+    # --- schema -------------------------------------------------------------------------------
+    def conform(self, name: str, data: pa.Table | pa.RecordBatch) -> pa.Table:
+        """Cast data to the catalog schema; any mismatch raises SchemaMismatchError naming the column."""
+        spec = catalog_table(name)
+        if isinstance(data, pa.RecordBatch):
+            data = pa.Table.from_batches([data])
+        have = set(data.column_names)
+        missing = [c for c in spec.columns if c not in have]
+        extra = [c for c in data.column_names if c not in spec.columns]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"missing column(s) {', '.join(missing)}")
+            if extra:
+                parts.append(f"unknown column(s) {', '.join(extra)}")
+            raise SchemaMismatchError(f"table {name}: {'; '.join(parts)}")
+        arrays = []
+        for field in spec.schema:
+            column = data.column(field.name)
+            if not column.type.equals(field.type):
+                try:
+                    column = column.cast(field.type, safe=True)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                    raise SchemaMismatchError(
+                        f"table {name}: column {field.name} has type {column.type}, expected {field.type} ({exc})") from None
+            if not field.nullable and column.null_count:
+                raise SchemaMismatchError(f"table {name}: column {field.name} has {column.null_count} null(s) but is required")
+            arrays.append(column)
+        return pa.Table.from_arrays(arrays, schema=spec.schema)
+
+    # --- small (driver-side) writes -----------------------------------------------------------
+    def replace_partition(self, name: str, data: pa.Table, **partition) -> None:
+        """Atomically replace one partition (e.g. run_date=D) with data: a rerun replaces, never duplicates."""
+        spec = catalog_table(name)
+        self._check_partition_spec(spec, partition)
+        data = self.conform(name, data)
+        for column, value in partition.items():
+            values = data.column(column).unique().to_pylist()
+            if any(v != value for v in values):
+                raise SchemaMismatchError(f"table {name}: rows with {column} other than {value} in a write of that partition")
+        self.ensure(name)
+        predicate = " AND ".join(f"{c} = '{_partition_text(v)}'" for c, v in partition.items())
+        write_deltalake(self.uri(name), data, mode="overwrite", predicate=predicate, partition_by=list(spec.partition_by),
+                        storage_options=self.storage_options)
+        log.info("%s: replaced partition %s with %d rows", name, predicate, data.num_rows)
+
+    def replace_partition_stream(self, name: str, batches: Iterable[pa.RecordBatch], **partition) -> int:
+        """Like replace_partition, but streams record batches (memory bounded by one batch); one commit."""
+        spec = catalog_table(name)
+        self._check_partition_spec(spec, partition)
+        self.ensure(name)
+        count = 0
+
+        def checked() -> Iterable[pa.RecordBatch]:
+            nonlocal count
+            for batch in batches:
+                for column, value in partition.items():
+                    if any(v != value for v in batch.column(column).unique().to_pylist()):
+                        raise SchemaMismatchError(f"table {name}: rows with {column} other than {value}")
+                count += batch.num_rows
+                yield from self.conform(name, batch).to_batches()
+
+        reader = pa.RecordBatchReader.from_batches(spec.schema, checked())
+        predicate = " AND ".join(f"{c} = '{_partition_text(v)}'" for c, v in partition.items())
+        write_deltalake(self.uri(name), reader, mode="overwrite", predicate=predicate, partition_by=list(spec.partition_by),
+                        storage_options=self.storage_options)
+        log.info("%s: replaced partition %s with %d rows (streamed)", name, predicate, count)
+        return count
+
+    def merge(self, name: str, data: pa.Table, preserve: Iterable[str] = (), combine: Mapping[str, str] | None = None) -> dict:
+        """Upsert by the catalog key. Columns in ``preserve`` keep their stored value on update;
+        ``combine`` maps a column to a SQL expression over ``t`` (target) and ``s`` (source)."""
+        spec = catalog_table(name)
+        data = self.conform(name, data)
+        if data.num_rows == 0:
+            return {"num_target_rows_inserted": 0, "num_target_rows_updated": 0}
+        keys = data.select(list(spec.key)).group_by(list(spec.key)).aggregate([([], "count_all")])
+        if keys.num_rows != data.num_rows:
+            raise SchemaMismatchError(f"table {name}: merge source has duplicate keys on {', '.join(spec.key)}")
+        dt_ = self.ensure(name)
+        predicate = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)
+        preserve = set(preserve)
+        combine = dict(combine or {})
+        updates = {c: combine.get(c, f"s.{c}") for c in spec.columns if c not in spec.key and c not in preserve}
+        metrics = (dt_.merge(data, predicate, source_alias="s", target_alias="t")
+                   .when_matched_update(updates=updates)
+                   .when_not_matched_insert_all()
+                   .execute())
+        log.info("%s: merged %d rows (%s inserted, %s updated)", name, data.num_rows,
+                 metrics.get("num_target_rows_inserted"), metrics.get("num_target_rows_updated"))
+        return metrics
+
+    def append_once(self, name: str, data: pa.Table, txn_id: str) -> bool:
+        """Append guarded by a Delta app transaction: the same txn_id never appends twice."""
+        data = self.conform(name, data)
+        dt_ = self.ensure(name)
+        app_id = f"coldstart:{name}:{txn_id}"
+        if dt_.transaction_version(app_id) is not None:
+            log.info("%s: append %s already committed, skipped", name, txn_id)
+            return False
+        write_deltalake(dt_, data, mode="append", partition_by=list(catalog_table(name).partition_by) or None,
+                        storage_options=self.storage_options,
+                        commit_properties=CommitProperties(app_transactions=[Transaction(app_id, 1)]))
+        return True
+
+    # --- reads --------------------------------------------------------------------------------
+    def read_arrow(self, name: str, columns: list[str] | None = None, filters=None) -> pa.Table:
+        if not self.exists(name):
+            return catalog_table(name).schema.empty_table().select(columns) if columns else catalog_table(name).schema.empty_table()
+        dataset = self.table(name).to_pyarrow_dataset()
+        expr = _filter_expression(filters)
+        return dataset.to_table(columns=columns, filter=expr)
+
+    def read_pandas(self, name: str, columns: list[str] | None = None, filters=None):
+        return self.read_arrow(name, columns, filters).to_pandas()
+
+    def dataset(self, name: str) -> pads.Dataset:
+        self.ensure(name)
+        return self.table(name).to_pyarrow_dataset()
+
+    def read_spark(self, spark, name: str, partitions: Mapping[str, Iterable] | None = None):
+        """Read the active files of the table's current version into Spark (no Delta jars needed)."""
+        from pyspark.sql import functions as F
+
+        spec = catalog_table(name)
+        spark_schema = spark_schema_for(spec)
+        dt_ = self.ensure(name)
+        actions = pa.table(dt_.get_add_actions(flatten=True)).to_pylist()
+        if partitions:
+            wanted = {c: {_partition_text(v) for v in vs} for c, vs in partitions.items()}
+            actions = [a for a in actions if all(str(a.get(f"partition.{c}")) in vs for c, vs in wanted.items())]
+        if not actions:
+            return spark.createDataFrame([], spark_schema)
+        base = self.uri(name)
+        files = [f"{base}/{_unquote(a['path'])}" for a in actions]
+        data_fields = [f for f in spark_schema.fields if f.name not in spec.partition_by]
+        from pyspark.sql.types import StructType
+
+        df = spark.read.schema(StructType(data_fields)).parquet(*files)
+        if not spec.partition_by:
+            return df
+        # Partition values live in the Delta log, not in the files: attach them through the file path.
+        rows = [(_tail(_unquote(a["path"])), *[a.get(f"partition.{c}") for c in spec.partition_by]) for a in actions]
+        mapping = spark.createDataFrame(rows, ["_file_key", *[f"_p_{c}" for c in spec.partition_by]])
+        df = df.withColumn("_file_key", F.regexp_extract(F.col("_metadata.file_path"), r"([^/]+/[^/]+)$", 1))
+        df = df.join(F.broadcast(mapping), "_file_key")
+        for c in spec.partition_by:
+            df = df.withColumn(c, F.col(f"_p_{c}").cast(spark_schema[c].dataType))
+        return df.select(*spec.columns)
+
+    # --- large (executor-side) writes ---------------------------------------------------------
+    def write_spark(self, df, name: str, mode: str = "append", partition: Mapping | None = None, txn_id: str | None = None) -> int:
+        """Executors write Parquet into the table folder; the driver commits one Delta transaction.
+
+        mode: ``append`` or ``replace_partition`` (with ``partition={'run_date': D}``) or ``overwrite``.
+        Returns the number of rows committed (from the Parquet footers, not a Spark count)."""
+        if not _is_local(self.root):
+            # Object stores: executors cannot hand files to delta-rs here; stage through Arrow batches.
+            return self._write_spark_via_arrow(df, name, mode, partition)
+        spec = catalog_table(name)
+        df = conform_spark(df, spec)
+        dt_ = self.ensure(name)
+        if mode == "replace_partition":
+            self._check_partition_spec(spec, partition or {})
+        if txn_id and dt_.transaction_version(f"coldstart:{name}:{txn_id}") is not None:
+            log.info("%s: append %s already committed, skipped", name, txn_id)
+            return 0
+        batch = f"batch-{uuid.uuid4().hex}"
+        table_dir = Path(_local_path(self.uri(name)))
+        if mode == "replace_partition":
+            part_dir = "/".join(f"{c}={_partition_text(v)}" for c, v in partition.items())
+            out_dir = table_dir / part_dir / batch
+            df.drop(*spec.partition_by).write.mode("error").parquet(str(out_dir))
+        elif spec.partition_by:
+            out_dir = table_dir / batch
+            df.write.mode("error").partitionBy(*spec.partition_by).parquet(str(out_dir))
+        else:
+            out_dir = table_dir / batch
+            df.write.mode("error").parquet(str(out_dir))
+        actions, rows = [], 0
+        for path in sorted(out_dir.rglob("*.parquet")):
+            rel = path.relative_to(table_dir).as_posix()
+            values = _partition_values_from_path(rel, spec.partition_by)
+            if mode == "replace_partition":
+                values = {c: _partition_text(v) for c, v in partition.items()}
+            meta = pq.read_metadata(path)
+            if meta.num_rows == 0:
+                path.unlink()
+                continue
+            rows += meta.num_rows
+            actions.append(AddAction(rel, path.stat().st_size, values, int(path.stat().st_mtime * 1000), True,
+                                     _stats_json(meta)))
+        for marker in out_dir.rglob("_SUCCESS"):
+            marker.unlink()
+        for crc in out_dir.rglob(".*.crc"):
+            crc.unlink()
+        commit = CommitProperties(app_transactions=[Transaction(f"coldstart:{name}:{txn_id}", 1)]) if txn_id else None
+        if mode == "replace_partition":
+            filters = [(c, "=", _partition_text(v)) for c, v in partition.items()]
+            dt_.create_write_transaction(actions, "overwrite", spec.schema, list(spec.partition_by), filters,
+                                         commit_properties=commit)
+        elif mode == "overwrite":
+            dt_.create_write_transaction(actions, "overwrite", spec.schema, list(spec.partition_by) or None,
+                                         commit_properties=commit)
+        elif mode == "append":
+            if not actions:
+                return 0
+            dt_.create_write_transaction(actions, "append", spec.schema, list(spec.partition_by) or None,
+                                         commit_properties=commit)
+        else:
+            raise ValueError(f"unknown write mode {mode!r}")
+        log.info("%s: committed %d rows in %d files (%s)", name, rows, len(actions), mode)
+        return rows
+
+    def _write_spark_via_arrow(self, df, name, mode, partition) -> int:
+        spec = catalog_table(name)
+        df = conform_spark(df, spec)
+        batches = (self.conform(name, pa.Table.from_batches([b])).to_batches() for b in df.toArrow().to_batches())
+        reader = pa.RecordBatchReader.from_batches(spec.schema, (b for bs in batches for b in bs))
+        self.ensure(name)
+        kwargs = {}
+        if mode == "replace_partition":
+            kwargs["predicate"] = " AND ".join(f"{c} = '{_partition_text(v)}'" for c, v in partition.items())
+        write_deltalake(self.uri(name), reader, mode="overwrite" if mode != "append" else "append",
+                        partition_by=list(spec.partition_by) or None, storage_options=self.storage_options, **kwargs)
+        return self.table(name).count()
+
+    def merge_spark(self, df, name: str, preserve: Iterable[str] = (), combine: Mapping[str, str] | None = None) -> dict:
+        """Merge a Spark DataFrame by key: executors stage Parquet, the driver streams it into one merge."""
+        spec = catalog_table(name)
+        df = conform_spark(df, spec)
+        staging = Path(_local_path(self.root)) / "_staging" / f"{name}-{uuid.uuid4().hex}"
+        try:
+            df.write.mode("error").parquet(str(staging))
+            files = sorted(str(p) for p in staging.rglob("*.parquet"))
+            if not files:
+                return {"num_target_rows_inserted": 0, "num_target_rows_updated": 0}
+            data = pads.dataset(files, format="parquet", schema=spec.schema).to_table()
+            return self.merge(name, data, preserve=preserve, combine=combine)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    # --- maintenance ---------------------------------------------------------------------------
+    def vacuum(self, name: str, retention_hours: int = 0) -> list[str]:
+        """Delete files no longer referenced (old versions past retention, and orphans of crashed writes)."""
+        removed = self.table(name).vacuum(retention_hours=retention_hours, dry_run=False,
+                                          enforce_retention_duration=False, full=True)
+        if _is_local(self.root):
+            for path in sorted(Path(self.uri(name)).rglob("*"), reverse=True):
+                if path.is_dir() and not any(path.iterdir()) and "_delta_log" not in path.parts:
+                    path.rmdir()
+        return removed
+
+    def _check_partition_spec(self, spec: Table, partition: Mapping) -> None:
+        if tuple(partition) != spec.partition_by:
+            raise SchemaMismatchError(f"table {spec.name} is partitioned by {spec.partition_by}, got {tuple(partition)}")
+
+
+# --- helpers ------------------------------------------------------------------------------------
+def _unquote(path: str) -> str:
+    from urllib.parse import unquote
+    return unquote(path)
+
+
+def _tail(path: str) -> str:
+    parts = path.rstrip("/").split("/")
+    return "/".join(parts[-2:])
+
+
+def _partition_values_from_path(rel: str, partition_by: tuple[str, ...]) -> dict[str, str | None]:
+    values: dict[str, str | None] = {}
+    for part in rel.split("/"):
+        if "=" in part:
+            key, value = part.split("=", 1)
+            if key in partition_by:
+                values[key] = None if value == "__HIVE_DEFAULT_PARTITION__" else _unquote(value)
+    return values
+
+
+def _filter_expression(filters):
+    if filters is None:
+        return None
+    if isinstance(filters, pads.Expression):
+        return filters
+    expr = None
+    for column, op, value in filters:
+        field = pads.field(column)
+        ops = {"=": lambda: field == value, "==": lambda: field == value, "!=": lambda: field != value,
+               "<": lambda: field < value, "<=": lambda: field <= value, ">": lambda: field > value,
+               ">=": lambda: field >= value, "in": lambda: field.isin(list(value))}
+        term = ops[op]()
+        expr = term if expr is None else expr & term
+    return expr
+
+
+def _stat_value(value):
+    if isinstance(value, dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.timezone.utc)
+        return value.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return value
+
+
+def _stats_json(meta: pq.FileMetaData) -> str:
+    """Delta file stats (numRecords, min/max/nullCount of top-level primitive columns) from a Parquet footer."""
+    mins, maxs, nulls = {}, {}, {}
+    schema = meta.schema.to_arrow_schema()
+    for ci in range(meta.num_columns):
+        path = meta.schema.column(ci).path
+        if "." in path or schema.field(path).type.num_fields:
+            continue  # nested (list/map) columns carry no Delta stats here
+        lo = hi = None
+        nc = 0
+        ok = True
+        for rg in range(meta.num_row_groups):
+            st = meta.row_group(rg).column(ci).statistics
+            if st is None:
+                ok = False
+                break
+            nc += st.null_count or 0
+            if st.has_min_max:
+                lo = st.min if lo is None else min(lo, st.min)
+                hi = st.max if hi is None else max(hi, st.max)
+        if not ok:
+            continue
+        nulls[path] = nc
+        if lo is not None:
+            mins[path], maxs[path] = _stat_value(lo), _stat_value(hi)
+    return json.dumps({"numRecords": meta.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls})
+
+
+def spark_type(t: pa.DataType):
+    from pyspark.sql import types as T
+
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return T.StringType()
+    if pa.types.is_int64(t):
+        return T.LongType()
+    if pa.types.is_int32(t):
+        return T.IntegerType()
+    if pa.types.is_float64(t):
+        return T.DoubleType()
+    if pa.types.is_float32(t):
+        return T.FloatType()
+    if pa.types.is_boolean(t):
+        return T.BooleanType()
+    if pa.types.is_date32(t):
+        return T.DateType()
+    if pa.types.is_timestamp(t):
+        return T.TimestampType()
+    if pa.types.is_map(t):
+        return T.MapType(spark_type(t.key_type), spark_type(t.item_type), True)
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return T.ArrayType(spark_type(t.value_type), True)
+    raise TypeError(f"no Spark type for {t}")
+
+
+def spark_schema_for(spec: Table):
+    from pyspark.sql import types as T
+
+    return T.StructType([T.StructField(f.name, spark_type(f.type), f.nullable) for f in spec.schema])
+
+
+def conform_spark(df, spec: Table):
+    """Select the catalog columns in order and cast; a missing/extra column raises SchemaMismatchError."""
+    from pyspark.sql import functions as F
+
+    have = df.columns
+    missing = [c for c in spec.columns if c not in have]
+    extra = [c for c in have if c not in spec.columns]
+    if missing or extra:
+        parts = ([f"missing column(s) {', '.join(missing)}"] if missing else []) + \
+                ([f"unknown column(s) {', '.join(extra)}"] if extra else [])
+        raise SchemaMismatchError(f"table {spec.name}: {'; '.join(parts)}")
+    target = spark_schema_for(spec)
+    out = []
+    for field in target.fields:
+        current = df.schema[field.name].dataType
+        if current != field.dataType:
+            if type(current).__name__ in ("MapType", "ArrayType", "StructType") and type(current) is not type(field.dataType):
+                raise SchemaMismatchError(f"table {spec.name}: column {field.name} has type {current.simpleString()}, "
+                                          f"expected {field.dataType.simpleString()}")
+            out.append(F.col(field.name).cast(field.dataType).alias(field.name))
+        else:
+            out.append(F.col(field.name))
+    return df.select(*out)

@@ -1,0 +1,71 @@
+"""The one Spark session factory.
+
+Local mode by default (``local[2]``); a cluster by setting ``COLDSTART_SPARK_MASTER``. The session
+time zone is UTC so that event dates never depend on the machine's zone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+from coldstart.config import Settings
+
+log = logging.getLogger("coldstart.spark")
+
+
+class JavaMissingError(RuntimeError):
+    pass
+
+
+def check_java() -> str:
+    """Spark needs Java 17 (or 21); fail with a clear message instead of a Py4J stack trace."""
+    java = shutil.which("java", path=os.path.join(os.environ["JAVA_HOME"], "bin")) if os.environ.get("JAVA_HOME") else None
+    java = java or shutil.which("java")
+    if not java:
+        raise JavaMissingError("Java not found: Spark needs Java 17. Install it (e.g. apt-get install openjdk-17-jre-headless) "
+                               "or set JAVA_HOME.")
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    return out.splitlines()[0] if out else java
+
+
+def get_session(settings: Settings | None = None, app_name: str = "coldstart"):
+    """Return the active session, or build one from settings."""
+    from pyspark.sql import SparkSession
+
+    settings = settings or Settings.load()
+    check_java()
+    # Python workers must use this interpreter (the venv), and local Spark must bind to loopback.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if settings.spark_master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder = (
+        SparkSession.builder.master(settings.spark_master).appName(app_name)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")
+        .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
+        .config("spark.default.parallelism", str(settings.spark_shuffle_partitions))
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.memory", settings.spark_driver_memory)
+        # Delta requires microsecond timestamps in Parquet, not Spark's legacy INT96.
+        .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
+        .config("spark.python.worker.reuse", "true")
+        .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
+        .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
+    )
+    if settings.spark_executor_gpus > 0:
+        builder = builder.config("spark.executor.resource.gpu.amount", str(settings.spark_executor_gpus))
+        builder = builder.config("spark.task.resource.gpu.amount", str(settings.spark_task_gpus or 1))
+        if settings.spark_gpu_discovery_script:
+            builder = builder.config("spark.executor.resource.gpu.discoveryScript", settings.spark_gpu_discovery_script)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    log.info("spark session %s on %s", spark.version, settings.spark_master)
+    return spark

@@ -1,0 +1,130 @@
+"""Train stage: warm start from the checkpoint of D-1 (that date, never "latest"), or full/cold.
+
+* warm: load checkpoint D-1 (verified), grow its id tables, fine-tune on day D plus a seeded replay
+  sample of history (``train_replay_sample`` events);
+* full (requested): from scratch on all history up to D;
+* cold: no usable checkpoint of D-1 (missing, or failing its checksum) - from scratch, logged, and
+  recorded as ``mode = cold`` in model_registry.
+
+Checkpoint D is written atomically (temporary folder + rename) and a model_registry row with its
+parent is merged by run date, so a rerun replaces rather than adds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from coldstart.config import Settings
+from coldstart.features import content_vectors, interactions, user_content, window_start
+from coldstart.lake import Lake
+
+log = logging.getLogger("coldstart.train")
+
+
+class NoTrainingDataError(RuntimeError):
+    pass
+
+
+def checkpoint_dir(settings: Settings, run_date: dt.date) -> Path:
+    return Path(settings.models).resolve() / run_date.isoformat()
+
+
+def registry_row(lake: Lake, run_date: dt.date) -> dict | None:
+    rows = lake.read_arrow("model_registry", filters=[("run_date", "=", run_date)]).to_pylist()
+    return rows[0] if rows else None
+
+
+def load_prior(settings: Settings, run_date: dt.date):
+    """Checkpoint of run_date - 1, or (None, why) when there is no usable one."""
+    from coldstart.model import Checkpoint, CheckpointError
+
+    prior_date = run_date - dt.timedelta(days=1)
+    path = checkpoint_dir(settings, prior_date)
+    if not path.exists():
+        return None, f"no checkpoint for {prior_date} at {path}"
+    try:
+        return Checkpoint.load(path), None
+    except CheckpointError as exc:
+        return None, f"checkpoint {path} is unusable: {exc}"
+
+
+def _replay_sample(lake: Lake, settings: Settings, run_date: dt.date, columns: list[str]) -> pd.DataFrame:
+    """A seeded Bernoulli sample of the history before run_date, about train_replay_sample events.
+
+    The sample is drawn over events sorted by event_id, so it does not depend on file layout."""
+    import pyarrow.compute as pc
+
+    wanted = settings.train_replay_sample
+    if wanted <= 0 or not lake.exists("interactions"):
+        return pd.DataFrame(columns=columns)
+    dataset = lake.dataset("interactions")
+    import pyarrow.dataset as pads
+
+    history = dataset.filter(pads.field("run_date") < run_date)
+    total = history.count_rows()
+    if total == 0:
+        return pd.DataFrame(columns=columns)
+    fraction = min(1.0, wanted / total)
+    table = history.to_table(columns=columns + ["event_id"])
+    if fraction < 1.0:
+        rng = np.random.default_rng([settings.seed, run_date.toordinal()])
+        # Order by event_id first so the sample does not depend on file order.
+        table = table.take(pc.sort_indices(table, [("event_id", "ascending")]))
+        keep = rng.random(table.num_rows) < fraction
+        table = table.filter(pa.array(keep))
+    return table.select(columns).to_pandas()
+
+
+def train(spark, settings: Settings, run_date: dt.date, full_retrain: bool = False) -> dict:
+    from coldstart import model as M
+
+    lake = Lake.from_settings(settings)
+    columns = ["user_id", "item_id", "scene", "value", "event_type"]
+    prior, why = (None, "full retrain requested") if full_retrain else load_prior(settings, run_date)
+    if prior is not None:
+        mode = "warm"
+        today = interactions(lake, run_date, run_date, columns)
+        replay = _replay_sample(lake, settings, run_date, columns)
+        events = pd.concat([replay, today], ignore_index=True)
+        validation = np.r_[np.zeros(len(replay), bool), np.ones(len(today), bool)] if len(today) >= 50 else None
+    else:
+        mode = "full" if full_retrain else "cold"
+        if not full_retrain:
+            log.warning("train %s: training cold: %s", run_date, why)
+        events = interactions(lake, dt.date.min, run_date, columns)
+        validation = None
+    if events.empty:
+        raise NoTrainingDataError(f"train {run_date}: no interactions to train on (run ingest for {run_date} first)")
+    events = events.sort_values(["user_id", "item_id", "scene"], kind="stable").reset_index(drop=True) \
+        if validation is None else events
+    items = content_vectors(lake, settings, "item")
+    profiles = content_vectors(lake, settings, "user")
+    recent = interactions(lake, window_start(settings, run_date), run_date, ["user_id", "item_id"])
+    users = user_content(pd.concat([recent, events[["user_id", "item_id"]]], ignore_index=True), items, profiles)
+    data = M.TrainingData(
+        user_ids=events["user_id"].to_numpy(), item_ids=events["item_id"].to_numpy(),
+        scenes=events["scene"].to_numpy(),
+        values=np.where(events["event_type"] == "rate", events["value"].astype("float64"), np.nan),
+        item_content=items, user_content=users, validation_mask=validation)
+    log.info("train %s: mode=%s on %d events (%d users, %d items)%s", run_date, mode, len(events),
+             events["user_id"].nunique(), events["item_id"].nunique(), f"; parent {prior.checksum[:8]}" if prior else "")
+    ckpt = M.train(data, settings, prior=prior)
+    path = checkpoint_dir(settings, run_date)
+    checksum = ckpt.save(path)
+    parent = registry_row(lake, run_date - dt.timedelta(days=1)) if prior is not None else None
+    version = f"{run_date.isoformat()}-{checksum[:8]}"
+    row = {"model_version": version, "run_date": run_date,
+           "parent_version": parent["model_version"] if parent else None, "mode": mode,
+           "checkpoint_uri": str(path), "checksum": checksum,
+           "metrics": json.dumps({**ckpt.metrics, "events": len(events)}, sort_keys=True, default=str),
+           "status": "ready", "created_at": dt.datetime.now(dt.timezone.utc)}
+    lake.merge("model_registry", pa.Table.from_pylist([row]))
+    log.info("train %s: model %s (%s) written to %s", run_date, version, mode, path)
+    return row
