@@ -71,7 +71,9 @@ class Settings:
     score_block_users: int = _doc("Users per block in blocked scoring (bounds memory).", 4096)
     baselines: bool = _doc("Evaluate the baselines too (popularity, item-kNN, EASE, content-kNN, ALS).", True)
     # --- orchestration -------------------------------------------------------------------
-    schedule: str = _doc("Airflow schedule of the nightly DAG.", "@daily")
+    schedule: str = _doc("Airflow schedule of the nightly DAG (a run at midnight of D+1 processes day D).", "@daily")
+    task_retries: int = _doc("Airflow retries per task (exponential backoff).", 2)
+    landing_timeout_minutes: int = _doc("How long the DAG's sensor waits for the landing _SUCCESS marker.", 360)
     webhook_url: str = _doc("If set, failures are posted here as JSON.", "")
 
     # ---------------------------------------------------------------------------------------
@@ -125,7 +127,7 @@ class Settings:
         for name in ("spark_shuffle_partitions", "encoder_max_length", "encoder_batch_size", "model_dim",
                      "train_batch_size", "top_k", "active_days", "scenes_per_user", "score_block_users"):
             need(getattr(self, name) > 0, name, "must be positive")
-        for name in ("lateness_days", "train_epochs_warm", "train_epochs_full", "train_replay_sample"):
+        for name in ("task_retries", "landing_timeout_minutes", "lateness_days", "train_epochs_warm", "train_epochs_full", "train_replay_sample"):
             need(getattr(self, name) >= 0, name, "must not be negative")
         need(0.0 <= self.train_id_dropout < 1.0, "train_id_dropout", "must be in [0, 1)")
         need(self.encoder_device in ("auto", "cpu", "cuda"), "encoder_device", "must be auto, cpu or cuda")

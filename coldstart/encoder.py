@@ -24,8 +24,10 @@ Heavy imports (torch, transformers) happen on first use, not at import time.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.resources
+import inspect
 import json
 import logging
 import os
@@ -190,19 +192,78 @@ def _pooling_mode(folder: Path) -> str:
     return "mean"
 
 
+# --- CPU fast path: oneDNN linears ------------------------------------------------------------
+
+def _make_onednn_linear():
+    import torch
+
+    class OneDnnLinear(torch.nn.Module):
+        """``nn.Linear`` (optionally followed by exact GELU) run by oneDNN on a pre-packed weight.
+
+        PyTorch's CPU ``F.linear`` calls MKL sgemm, which on AMD processors takes its AVX2 path;
+        oneDNN uses AVX-512 where the CPU has it (the same kernel inductor uses after freezing).
+        Same maths in fp32; results differ from MKL only by summation order (~1e-6 relative).
+        """
+
+        def __init__(self, linear: "torch.nn.Linear"):
+            super().__init__()
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach().contiguous(), None)
+            self.bias = None if linear.bias is None else linear.bias.detach().contiguous()
+            self.post_op = "none"
+
+        def forward(self, x):
+            if self.post_op == "gelu":
+                return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "gelu", [], "none")
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+    return OneDnnLinear
+
+
+def use_onednn_linears(model) -> int:
+    """Swap every ``nn.Linear`` of an eval-mode CPU fp32 model for a oneDNN one; fuse exact GELU.
+
+    Returns how many layers were swapped (0 when this torch has no oneDNN). The caller checks the
+    result numerically (see ``TextEncoder``); ``bench/results/encoder.md`` has the speed-up.
+    """
+    import torch
+
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return 0
+    OneDnnLinear = _make_onednn_linear()
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear and child.weight.dtype == torch.float32 and child.weight.device.type == "cpu":
+                setattr(parent, name, OneDnnLinear(child))
+                swapped += 1
+    probe = torch.randn(4, 8, dtype=torch.float32)
+    for module in model.modules():  # BERT-style "intermediate": dense, then intermediate_act_fn
+        dense, act = getattr(module, "dense", None), getattr(module, "intermediate_act_fn", None)
+        if isinstance(dense, OneDnnLinear) and act is not None:
+            try:
+                exact_gelu = torch.allclose(act(probe), torch.nn.functional.gelu(probe), atol=1e-7)
+            except Exception:  # noqa: BLE001
+                exact_gelu = False
+            if exact_gelu:
+                dense.post_op = "gelu"
+                module.intermediate_act_fn = torch.nn.Identity()
+    return swapped
+
+
 # --- the encoder --------------------------------------------------------------------------
 
 class TextEncoder:
     """A loaded encoder. ``encode(texts)`` -> float32 ``(n, dim)``, L2-normalised, in input order."""
 
     def __init__(self, path: str = "", sha256: str = "auto", max_length: int = 128, batch_size: int = 64,
-                 device: str = "auto", compile: bool = False):
+                 device: str = "auto", compile: bool = False, *, cpu_onednn: bool = True):
         if max_length <= 0:
             raise EncoderError(f"{ENV_MAX_LENGTH}={max_length!r}: must be positive")
         if batch_size <= 0:
             raise EncoderError(f"{ENV_BATCH_SIZE}={batch_size!r}: must be positive")
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         folder, is_bundled = _resolve_path(path)
         _check_sha256(folder, sha256, is_bundled, path)
@@ -212,11 +273,7 @@ class TextEncoder:
         self.pooling = _pooling_mode(folder)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-            weights = _weight_files(folder)
-            model = AutoModel.from_pretrained(
-                str(folder), local_files_only=True, attn_implementation="sdpa",
-                use_safetensors=weights[0].name.startswith("model.safetensors"),
-            )
+            model = _load_model(folder)
         except EncoderError:
             raise
         except Exception as exc:  # noqa: BLE001 - transformers raises many kinds; all mean "bad model"
@@ -225,7 +282,12 @@ class TextEncoder:
         if not self.tokenizer.is_fast:
             log.warning("encoder %s has no fast tokenizer; tokenisation will be slow", folder)
         model.eval()
-        self.model = model.to(self.device)
+        model = model.to(self.device)
+        self.onednn_linears = 0
+        if self.device == "cpu" and cpu_onednn and not compile:
+            model = self._with_onednn(model, folder)
+        self.model = model
+        self._takes_token_types = "token_type_ids" in inspect.signature(model.forward).parameters
         self.dim = int(model.config.hidden_size)
         limit = min(int(getattr(model.config, "max_position_embeddings", max_length) or max_length),
                     int(getattr(self.tokenizer, "model_max_length", max_length) or max_length))
@@ -243,6 +305,32 @@ class TextEncoder:
                 log.warning("torch.compile unavailable (%s); running the encoder eagerly", exc)
         self._lock = threading.Lock()
 
+    def _with_onednn(self, model, folder: Path):
+        """The model with oneDNN linears if they give the same output (else a stock model)."""
+        import torch
+
+        vocab = int(getattr(model.config, "vocab_size", 1000) or 1000)
+        probe_ids = (torch.arange(20).reshape(2, 10) * 7919 + 3) % vocab
+        probe_mask = torch.ones_like(probe_ids)
+        probe_mask[1, 6:] = 0
+        touched, ok = False, False
+        try:
+            with torch.inference_mode():
+                before = model(input_ids=probe_ids, attention_mask=probe_mask).last_hidden_state
+            touched = True
+            swapped = use_onednn_linears(model)
+            with torch.inference_mode():
+                after = model(input_ids=probe_ids, attention_mask=probe_mask).last_hidden_state
+            ok = swapped > 0 and bool(torch.allclose(before, after, atol=1e-4, rtol=1e-4))
+            if swapped and not ok:
+                log.warning("oneDNN linears changed the output of %s; using the stock CPU path", folder)
+        except Exception as exc:  # noqa: BLE001 - any failure means: keep the stock model
+            log.warning("oneDNN linears unavailable (%s: %s); using the stock CPU path", type(exc).__name__, exc)
+        if ok:
+            self.onednn_linears = swapped
+            return model
+        return _load_model(folder).eval() if touched else model
+
     @classmethod
     def from_settings(cls, settings: Any) -> "TextEncoder":
         return cls(path=settings.encoder_path, sha256=settings.encoder_sha256,
@@ -252,7 +340,7 @@ class TextEncoder:
     def __repr__(self) -> str:
         return (f"TextEncoder(path={self.path!r}, dim={self.dim}, device={self.device!r}, "
                 f"max_length={self.max_length}, batch_size={self.batch_size}, pooling={self.pooling!r}, "
-                f"compiled={self.compiled})")
+                f"compiled={self.compiled}, onednn_linears={self.onednn_linears})")
 
     # -- stages, public so the benchmark can time them separately ------------------------
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -278,14 +366,14 @@ class TextEncoder:
             return out
         with self._lock, torch.inference_mode():
             for rows in self.plan(ids):
-                batch = [ids[i] for i in rows]
+                batch = [ids[i] or [self.pad_id] for i in rows]  # a tokenizer without [CLS]/[SEP] may give []
                 width = max(len(x) for x in batch)
-                input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                input_ids = np.full((len(batch), width), self.pad_id, dtype=np.int64)
+                mask = np.zeros((len(batch), width), dtype=np.int64)
                 for j, x in enumerate(batch):
-                    input_ids[j, :len(x)] = torch.as_tensor(x, dtype=torch.long)
+                    input_ids[j, :len(x)] = x
                     mask[j, :len(x)] = 1
-                out[rows] = self._run(input_ids, mask)
+                out[rows] = self._run(torch.from_numpy(input_ids), torch.from_numpy(mask))
         return out
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -300,7 +388,7 @@ class TextEncoder:
         non_blocking = self.device == "cuda"
         input_ids = input_ids.to(self.device, non_blocking=non_blocking)
         mask = mask.to(self.device, non_blocking=non_blocking)
-        token_types = torch.zeros_like(input_ids)
+        token_types = torch.zeros_like(input_ids) if self._takes_token_types else None
         if self.device == "cuda":
             with torch.autocast("cuda", dtype=torch.bfloat16):
                 hidden = self._call(input_ids, mask, token_types)
@@ -318,8 +406,11 @@ class TextEncoder:
         return pooled.cpu().numpy()
 
     def _call(self, input_ids, mask, token_types):
+        kwargs = {"input_ids": input_ids, "attention_mask": mask}
+        if token_types is not None:
+            kwargs["token_type_ids"] = token_types
         try:
-            return self._forward(input_ids=input_ids, attention_mask=mask, token_type_ids=token_types).last_hidden_state
+            return self._forward(**kwargs).last_hidden_state
         except Exception as exc:  # noqa: BLE001
             if not self.compiled:
                 raise
@@ -327,7 +418,30 @@ class TextEncoder:
             log.warning("torch.compile failed at run time (%s: %s); running the encoder eagerly",
                         type(exc).__name__, exc)
             self._forward, self.compiled = self.model, False
-            return self.model(input_ids=input_ids, attention_mask=mask, token_type_ids=token_types).last_hidden_state
+            return self.model(**kwargs).last_hidden_state
+
+
+def _load_model(folder: Path):
+    from transformers import AutoModel
+
+    weights = _weight_files(folder)
+    with _quiet_transformers():
+        return AutoModel.from_pretrained(str(folder), local_files_only=True, attn_implementation="sdpa",
+                                         use_safetensors=weights[0].name.startswith("model.safetensors"))
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """No "Loading weights" progress bar in every Spark worker's log."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _pick_device(device: str) -> str:

@@ -108,7 +108,7 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
 
     item_content = content_vectors(lake, settings, "item")
     profiles = content_vectors(lake, settings, "user")
-    u_content = user_content(history.events, item_content, profiles)
+    u_content = user_content(history.events[["user_id", "item_id"]].drop_duplicates(), item_content, profiles)
     V, bias = item_vectors(ckpt, item_ids, item_content)
     V_t, bias_t = torch.from_numpy(V), torch.from_numpy(bias)
     dim = next(iter(item_content.values())).shape[0] if item_content else 1

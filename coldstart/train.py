@@ -82,12 +82,28 @@ def _replay_sample(lake: Lake, settings: Settings, run_date: dt.date, columns: l
     return table.select(columns).to_pandas()
 
 
+def _incompatible(prior, settings: Settings, items: dict) -> str | None:
+    """Why the prior cannot be warm-started from (another encoder or content size), or None."""
+    trained_on = prior.config.get("encoder_name")
+    if trained_on and trained_on != settings.encoder_name:
+        return f"prior checkpoint was trained on encoder {trained_on!r}, not {settings.encoder_name!r}"
+    if items:
+        dim = len(next(iter(items.values())))
+        if int(prior.config.get("content_dim", dim)) != dim:
+            return f"prior checkpoint has content dim {prior.config.get('content_dim')}, the embeddings have {dim}"
+    return None
+
+
 def train(spark, settings: Settings, run_date: dt.date, full_retrain: bool = False) -> dict:
     from coldstart import model as M
 
     lake = Lake.from_settings(settings)
     columns = ["user_id", "item_id", "scene", "value", "event_type"]
     prior, why = (None, "full retrain requested") if full_retrain else load_prior(settings, run_date)
+    items = content_vectors(lake, settings, "item")
+    if prior is not None:
+        why = _incompatible(prior, settings, items)
+        prior = None if why else prior
     if prior is not None:
         mode = "warm"
         today = interactions(lake, run_date, run_date, columns)
@@ -104,10 +120,11 @@ def train(spark, settings: Settings, run_date: dt.date, full_retrain: bool = Fal
         raise NoTrainingDataError(f"train {run_date}: no interactions to train on (run ingest for {run_date} first)")
     events = events.sort_values(["user_id", "item_id", "scene"], kind="stable").reset_index(drop=True) \
         if validation is None else events
-    items = content_vectors(lake, settings, "item")
     profiles = content_vectors(lake, settings, "user")
     recent = interactions(lake, window_start(settings, run_date), run_date, ["user_id", "item_id"])
-    users = user_content(pd.concat([recent, events[["user_id", "item_id"]]], ignore_index=True), items, profiles)
+    # The same pooling as scoring (recent window), plus the replayed users' sampled history.
+    pairs = pd.concat([recent, events[["user_id", "item_id"]]], ignore_index=True).drop_duplicates()
+    users = user_content(pairs, items, profiles)
     data = M.TrainingData(
         user_ids=events["user_id"].to_numpy(), item_ids=events["item_id"].to_numpy(),
         scenes=events["scene"].to_numpy(),

@@ -1,0 +1,97 @@
+"""What the Airflow DAG needs at run time, kept out of the DAG file so that parsing it stays light.
+
+Nothing here imports Spark, torch or pandas at module level.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import sys
+import urllib.request
+
+log = logging.getLogger("coldstart.orchestration")
+
+LOCAL_SPARK_CONNECTION = json.dumps({"conn_type": "spark", "host": "local[2]"})
+
+
+def resolve_run_date(params: dict, logical_date, run_after) -> dt.date:
+    """The night's run date: params.run_date when given, else the day before the run's
+    logical date (scheduled) or run_after (manual triggers, where logical_date is None)."""
+    text = (params or {}).get("run_date")
+    if text:
+        try:
+            return dt.date.fromisoformat(str(text))
+        except ValueError:
+            raise ValueError(f"param run_date={text!r} is not a date (YYYY-MM-DD)") from None
+    anchor = logical_date or run_after
+    if anchor is None:
+        raise ValueError("cannot derive the run date: no run_date param, logical_date or run_after")
+    return anchor.date() - dt.timedelta(days=1)
+
+
+def stage_arguments(stage: str, run_date: str, params: dict) -> list[str]:
+    args = ["--run-date", run_date]
+    if stage == "train" and params.get("full_retrain"):
+        args.append("--full-retrain")
+    if stage == "score" and params.get("top_k"):
+        args += ["--top-k", str(int(params["top_k"]))]
+    return args
+
+
+def spark_environment() -> dict[str, str]:
+    """Environment for spark-submit: this interpreter for the Python workers, the venv's bin on PATH,
+    and every COLDSTART_* setting passed through."""
+    bin_dir = os.path.dirname(sys.executable)
+    env = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
+           "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    env.update({k: v for k, v in os.environ.items() if k.startswith("COLDSTART_")})
+    return env
+
+
+def ensure_spark_connection(conn_id: str = "spark_default") -> None:
+    """Use local[2] when no spark_default connection is configured (instead of the provider's yarn)."""
+    env_name = f"AIRFLOW_CONN_{conn_id.upper()}"
+    if env_name in os.environ:
+        return
+    try:
+        from airflow.sdk import Connection
+
+        Connection.get(conn_id)
+    except Exception:  # noqa: BLE001 - any lookup failure means "not configured"
+        log.info("no %s connection configured: running Spark locally (local[2])", conn_id)
+        os.environ[env_name] = LOCAL_SPARK_CONNECTION
+    bin_dir = os.path.dirname(sys.executable)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
+
+
+def landing_ready(run_date: str) -> bool:
+    from coldstart.config import Settings
+    from coldstart.landing import is_complete
+
+    ready = is_complete(Settings.load().landing, "interactions", dt.date.fromisoformat(run_date))
+    if not ready:
+        log.info("waiting for the interactions of %s to land", run_date)
+    return ready
+
+
+def notify_failure(context) -> None:
+    """on_failure_callback: log the failure and, when COLDSTART_WEBHOOK_URL is set, post it as JSON."""
+    from coldstart.config import Settings
+
+    ti = context.get("task_instance") or context.get("ti")
+    run_id = getattr(context.get("dag_run"), "run_id", None)
+    payload = {"dag_id": getattr(ti, "dag_id", None), "run_id": run_id, "task_id": getattr(ti, "task_id", None),
+               "try_number": getattr(ti, "try_number", None), "error": str(context.get("exception"))}
+    log.error("coldstart task failed: %s", payload)
+    url = Settings.load().webhook_url
+    if url:
+        request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            urllib.request.urlopen(request, timeout=10).close()
+        except OSError as exc:
+            log.error("failure webhook %s not reached: %s", url, exc)

@@ -1,0 +1,91 @@
+"""Shared fixtures: one Spark session per test session, tiny data, real components.
+
+Airflow reads its configuration at import time, so its environment is set here, before any test
+module imports it. Expensive runs (the pipeline on a tiny replay, a night through Airflow) are made
+once per session and shared by the tests that read their outputs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="coldstart-tests-"))
+
+os.environ.update({
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "SPARK_LOCAL_IP": "127.0.0.1",
+    "PYSPARK_PYTHON": sys.executable,
+    "PYSPARK_DRIVER_PYTHON": sys.executable,
+    "AIRFLOW_HOME": str(_SESSION_DIR / "airflow"),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__CORE__PARALLELISM": "2",
+    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+    "COLDSTART_TASK_RETRIES": "0",
+})
+os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+for key in [k for k in os.environ if k.startswith("COLDSTART_") and k != "COLDSTART_TASK_RETRIES"]:
+    del os.environ[key]
+
+START = dt.date(2024, 1, 1)
+
+
+def make_settings(root: Path, **overrides):
+    from coldstart.config import Settings
+
+    values = dict(landing=str(root / "landing"), lake=str(root / "lake"), models=str(root / "models"),
+                  reports=str(root / "reports"), spark_shuffle_partitions=2, train_epochs_full=2, train_epochs_warm=1,
+                  model_dim=16, top_k=20, baselines=True)
+    values.update(overrides)
+    return Settings.load(env={}, **values)
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from coldstart.config import Settings
+    from coldstart.spark import get_session
+
+    session = get_session(Settings.load(env={}, spark_shuffle_partitions=2), app_name="coldstart-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return make_settings(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(spark, session_dir):
+    """The whole pipeline in-process on a tiny replay slice: bootstrap day + 2 nights."""
+    from coldstart.pipeline import run_days
+    from coldstart.replay import replay
+
+    root = session_dir / "tiny_run"
+    settings = make_settings(root)
+    plan = replay(settings.landing, START, days=4, users_limit=25)
+    days = plan.all_days[:3]
+    results = run_days(settings, days, spark=spark)
+    return settings, plan, days, results
+
+
+@pytest.fixture(scope="session")
+def airflow_db(session_dir):
+    """A migrated SQLite metadata database for dag.test()."""
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
+                   capture_output=True, env=os.environ.copy())
+    return session_dir / "airflow"

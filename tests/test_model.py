@@ -1,0 +1,340 @@
+"""Unit tests of coldstart.model: real torch, tiny synthetic data with topic structure."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from coldstart.config import Settings
+from coldstart.model import (
+    Checkpoint,
+    CheckpointError,
+    TrainingData,
+    grow,
+    item_vectors,
+    pool_user_content,
+    train,
+    user_vectors,
+)
+
+N_TOPICS = 3
+CONTENT_DIM = 384
+USERS_PER_TOPIC = 10
+ITEMS_PER_TOPIC = 20
+
+
+def _settings(**overrides) -> Settings:
+    base = dict(model_dim=16, train_epochs_full=8, train_epochs_warm=2, train_batch_size=128,
+                train_learning_rate=0.01, seed=7)
+    base.update(overrides)
+    return Settings.load(env={}, **base)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+class World:
+    """3 topics; every item belongs to one, every user likes one (90 % of their events)."""
+
+    def __init__(self, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.rng = rng
+        self.centers = _unit(rng.normal(size=(N_TOPICS, CONTENT_DIM)))
+        self.items: dict[str, int] = {}
+        self.item_content: dict[str, np.ndarray] = {}
+        for t in range(N_TOPICS):
+            for k in range(ITEMS_PER_TOPIC):
+                self.add_item(f"t{t}-i{k:02d}", t)
+        self.users = {f"t{t}-u{k:02d}": t for t in range(N_TOPICS) for k in range(USERS_PER_TOPIC)}
+
+    def content(self, topic: int) -> np.ndarray:
+        return _unit(self.centers[topic] + 0.8 * self.rng.normal(size=CONTENT_DIM) / np.sqrt(CONTENT_DIM))
+
+    def add_item(self, item_id: str, topic: int) -> None:
+        self.items[item_id] = topic
+        self.item_content[item_id] = self.content(topic)
+
+    def events(self, users: list[str], per_user: int, scenes=("home", "search")):
+        rng = self.rng
+        by_topic = {t: [i for i, tt in self.items.items() if tt == t] for t in range(N_TOPICS)}
+        all_items = list(self.items)
+        rows = []
+        for user in users:
+            topic = self.users[user]
+            for _ in range(per_user):
+                liked = rng.random() < 0.9
+                item = (by_topic[topic][rng.integers(len(by_topic[topic]))] if liked
+                        else all_items[rng.integers(len(all_items))])
+                rated = rng.random() < 0.6
+                value = (4.5 if self.items[item] == topic else 1.5) + rng.normal(0, 0.3) if rated else np.nan
+                rows.append((user, item, scenes[rng.integers(len(scenes))], value))
+        u, i, s, v = zip(*rows)
+        return np.array(u, dtype=object), np.array(i, dtype=object), np.array(s, dtype=object), np.array(v, np.float32)
+
+    def data(self, users: list[str] | None = None, per_user: int = 20, **kw) -> TrainingData:
+        u, i, s, v = self.events(users or list(self.users), per_user, **kw)
+        user_content = pool_user_content(u, i, self.item_content)
+        return TrainingData(u, i, s, v, self.item_content, user_content)
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return World(0)
+
+
+@pytest.fixture(scope="module")
+def data(world) -> TrainingData:
+    return world.data()
+
+
+@pytest.fixture(scope="module")
+def ckpt(data) -> Checkpoint:
+    return train(data, _settings())
+
+
+def _state(ck: Checkpoint) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in ck.model.state_dict().items()}
+
+
+# ---------------------------------------------------------------------------------------------
+def test_pool_user_content_mean_profile_and_blend():
+    a, b = np.eye(4, dtype=np.float32)[0], np.eye(4, dtype=np.float32)[1]
+    items = {"x": a, "y": b}
+    out = pool_user_content(["u1", "u1", "u2", "u3"], ["x", "y", "x", "missing"], items,
+                            profile_content={"u2": b * 3, "u4": b})
+    np.testing.assert_allclose(out["u1"], _unit(a + b), atol=1e-6)
+    assert "u3" not in out                       # no content at all -> absent (callers use zeros)
+    np.testing.assert_allclose(out["u4"], b)     # profile only -> the profile vector
+    # one event, profile weight 2: (1/3) a + (2/3) b, normalised
+    np.testing.assert_allclose(out["u2"], _unit(a / 3 + 2 * b / 3), atol=1e-6)
+    for vec in out.values():
+        assert vec.dtype == np.float32 and abs(np.linalg.norm(vec) - 1) < 1e-5
+    weighted = pool_user_content(["u1", "u1"], ["x", "y"], items, weights=[3.0, 1.0])
+    np.testing.assert_allclose(weighted["u1"], _unit(3 * a + b), atol=1e-6)
+
+
+def test_training_reports_both_heads_and_learns(ckpt, data):
+    m = ckpt.metrics
+    assert m["mode"] == "cold" and m["epochs"] == 8 and ckpt.config["mode"] == "cold"
+    assert m["n_val"] > 0 and m["n_train"] + m["n_val"] == len(data)
+    assert m["val_interact_auc"] > 0.7
+    assert m["val_interact_auc_cold_item"] > 0.65
+    assert m["val_rating_rmse"] is not None and m["val_rating_rmse"] < m["val_rating_rmse_baseline"]
+    assert len(m["train_loss"]) == 8 and m["train_loss"][-1] < m["train_loss"][0]
+    json.dumps(m, allow_nan=False)
+    assert list(ckpt.user_index) == sorted(ckpt.user_index)      # sorted, dense id maps
+    assert list(ckpt.item_index.values()) == list(range(len(ckpt.item_index)))
+
+
+def test_scoring_is_the_trained_logit(ckpt, data, world):
+    users = ["t0-u00", "t1-u03", "nobody"]
+    scenes = ["home", "search", "home"]
+    items = ["t0-i01", "t2-i05"]
+    U = user_vectors(ckpt, users, scenes, data.user_content)
+    V, b = item_vectors(ckpt, items, world.item_content)
+    assert U.dtype == np.float32 and U.shape == (3, 16) and V.shape == (2, 16) and b.shape == (2,)
+    scores = U @ V.T + b
+    model = ckpt.model
+    uc = torch.from_numpy(np.stack([data.user_content.get(u, np.zeros(CONTENT_DIM, np.float32)) for u in users]))
+    ui = torch.tensor([ckpt.user_index.get(u, -1) for u in users])
+    si = torch.tensor([ckpt.scene_index[s] for s in scenes])
+    for j, item in enumerate(items):
+        ii = torch.full((3,), ckpt.item_index[item])
+        ic = torch.from_numpy(np.stack([world.item_content[item]] * 3))
+        with torch.no_grad():
+            logit, _ = model(ui, uc, si, ii, ic)
+        np.testing.assert_allclose(scores[:, j], logit.numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_new_text_only_item_scores_higher_for_users_of_its_topic(ckpt, data, world):
+    for topic in range(N_TOPICS):
+        item_id = f"new-item-topic{topic}"
+        content = {item_id: world.content(topic)}       # text only: never in the training data
+        assert item_id not in ckpt.item_index
+        V, b = item_vectors(ckpt, [item_id], content)
+        users = list(world.users)
+        U = user_vectors(ckpt, users, "home", data.user_content)
+        scores = (U @ V.T + b)[:, 0]
+        fans = np.array([world.users[u] == topic for u in users])
+        assert scores[fans].min() > scores[~fans].max(), topic
+
+
+def test_unknown_user_with_profile_only_and_unknown_scene(ckpt, data, world):
+    profile = {"fresh-user": world.centers[1].astype(np.float32)}
+    content = pool_user_content([], [], world.item_content, profile_content=profile)
+    U = user_vectors(ckpt, ["fresh-user"], ["never-seen-scene"], content)
+    assert np.all(np.isfinite(U))
+    items = list(world.items)
+    V, b = item_vectors(ckpt, items, world.item_content)
+    scores = (U @ V.T + b)[0]
+    topics = np.array([world.items[i] for i in items])
+    assert scores[topics == 1].mean() > scores[topics != 1].mean()
+    # no content, no id: still a finite vector (scene + biases only)
+    assert np.all(np.isfinite(user_vectors(ckpt, ["ghost"], ["home"], {})))
+    # an unknown scene is the mean of the known scenes: same as a scene grown into the table
+    grown = grow(ckpt, [], [], ["never-seen-scene"])
+    U2 = user_vectors(grown, ["t0-u01"], ["never-seen-scene"], data.user_content)
+    U1 = user_vectors(ckpt, ["t0-u01"], ["never-seen-scene"], data.user_content)
+    np.testing.assert_allclose(U1, U2, rtol=1e-5, atol=1e-6)
+
+
+def test_grow_keeps_old_rows_bit_for_bit(ckpt, world):
+    before = _state(ckpt)
+    grown = grow(ckpt, ["zz-new-user", "t0-u00", "aa-new-user"], ["new-item"], ["home", "zz-scene", "aa-scene"])
+    after = grown.model.state_dict()
+    # prior untouched
+    for k, v in ckpt.model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    nu, ni, ns = len(ckpt.user_index), len(ckpt.item_index), len(ckpt.scene_index)
+    assert torch.equal(after["user_id.weight"][:nu], before["user_id.weight"])
+    assert torch.equal(after["item_id.weight"][:ni], before["item_id.weight"])
+    assert torch.equal(after["item_id_bias.weight"][:ni], before["item_id_bias.weight"])
+    assert torch.equal(after["scene.weight"][:ns], before["scene.weight"])
+    assert after["user_id.weight"].shape[0] == nu + 2 and not after["user_id.weight"][nu:].any()
+    assert not after["item_id.weight"][ni:].any() and not after["item_id_bias.weight"][ni:].any()
+    mean_scene = before["scene.weight"].mean(0)
+    for row in after["scene.weight"][ns:]:
+        assert torch.equal(row, mean_scene)
+    # new ids are appended in sorted order, old positions unchanged
+    assert grown.user_index["aa-new-user"] == nu and grown.user_index["zz-new-user"] == nu + 1
+    assert grown.scene_index["aa-scene"] == ns and grown.scene_index["zz-scene"] == ns + 1
+    assert all(grown.user_index[k] == v for k, v in ckpt.user_index.items())
+    for k, v in before.items():
+        if k not in ("user_id.weight", "item_id.weight", "item_id_bias.weight", "scene.weight"):
+            assert torch.equal(after[k], v), k
+    # a grown item (zero id row) scores exactly like an unknown one (content only)
+    content = {"new-item": world.content(2)}
+    v_old, b_old = item_vectors(ckpt, ["new-item"], content)
+    v_new, b_new = item_vectors(grown, ["new-item"], content)
+    np.testing.assert_array_equal(v_old, v_new)
+    np.testing.assert_array_equal(b_old, b_new)
+
+
+def test_checkpoint_round_trip_and_overwrite(ckpt, tmp_path):
+    path = tmp_path / "models" / "2024-01-02"
+    checksum = ckpt.save(path)
+    assert len(checksum) == 64 and ckpt.checksum == checksum
+    assert sorted(p.name for p in path.iterdir()) == ["MANIFEST.json", "config.json", "ids.json", "metrics.json",
+                                                     "model.pt"]
+    loaded = Checkpoint.load(path, expected_checksum=checksum)
+    assert loaded.checksum == checksum
+    assert loaded.user_index == ckpt.user_index and loaded.item_index == ckpt.item_index
+    assert loaded.scene_index == ckpt.scene_index
+    assert loaded.metrics == ckpt.metrics and loaded.config == ckpt.config
+    for k, v in ckpt.model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[k], v), k
+    # same content -> same checksum; overwriting the same date is a safe swap, no leftovers
+    assert loaded.save(path) == checksum
+    grown = grow(ckpt, ["another"], [], [])
+    other = grown.save(path)
+    assert other != checksum and Checkpoint.load(path).user_index == grown.user_index
+    assert sorted(p.name for p in path.parent.iterdir()) == ["2024-01-02"]
+    with pytest.raises(CheckpointError):
+        Checkpoint.load(path, expected_checksum=checksum)
+
+
+@pytest.mark.parametrize("damage", ["flip_model", "flip_ids", "delete_metrics", "delete_manifest", "edit_manifest"])
+def test_corrupt_checkpoint_is_never_loaded(ckpt, tmp_path, damage):
+    path = tmp_path / "ck"
+    ckpt.save(path)
+    if damage.startswith("flip_"):
+        target = path / ("model.pt" if damage == "flip_model" else "ids.json")
+        raw = bytearray(target.read_bytes())
+        raw[len(raw) // 2] ^= 0x01
+        target.write_bytes(bytes(raw))
+    elif damage == "delete_metrics":
+        (path / "metrics.json").unlink()
+    elif damage == "delete_manifest":
+        (path / "MANIFEST.json").unlink()
+    else:
+        manifest = json.loads((path / "MANIFEST.json").read_text())
+        manifest["files"]["config.json"] = "0" * 64
+        (path / "MANIFEST.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError):
+        Checkpoint.load(path)
+
+
+def test_missing_checkpoint_raises(tmp_path):
+    with pytest.raises(CheckpointError):
+        Checkpoint.load(tmp_path / "nothing-here")
+
+
+def test_same_seed_same_checkpoint(world, tmp_path):
+    d = world.data(per_user=8)
+    s = _settings(train_epochs_full=2)
+    a, b = train(d, s), train(d, s)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    assert a.save(tmp_path / "a") == b.save(tmp_path / "b")
+    c = train(d, _settings(train_epochs_full=2, seed=8))
+    assert not torch.equal(c.model.state_dict()["user_tower.0.weight"], sa["user_tower.0.weight"])
+
+
+def test_warm_start_grows_and_fine_tunes_from_prior(ckpt, world, tmp_path):
+    ckpt.save(tmp_path / "prior")
+    prior = Checkpoint.load(tmp_path / "prior")
+    before = _state(prior)
+    world2 = World(0)  # same topics and items as `world`
+    world2.add_item("t1-brand-new", 1)
+    world2.users["t2-newcomer"] = 2
+    day_users = ["t0-u00", "t1-u01", "t2-newcomer"]
+    u, i, s, v = world2.events(day_users, 15, scenes=("home", "campaign"))
+    day = TrainingData(u, i, s, v, world2.item_content, pool_user_content(u, i, world2.item_content))
+    settings = _settings()
+    warm = train(day, settings, prior=prior)
+    assert warm.metrics["mode"] == "warm" and warm.metrics["epochs"] == settings.train_epochs_warm
+    assert warm.config["parent_checksum"] == prior.checksum and warm.config["mode"] == "warm"
+    assert "t2-newcomer" in warm.user_index and "campaign" in warm.scene_index
+    # prior is not modified
+    for k, val in prior.model.state_dict().items():
+        assert torch.equal(val, before[k]), k
+    after = warm.model.state_dict()
+    # users absent from the day's data keep their prior rows exactly; those present moved
+    uw = after["user_id.weight"]
+    for user, row in prior.user_index.items():
+        same = torch.equal(uw[warm.user_index[user]], before["user_id.weight"][row])
+        assert same == (user not in day_users), user
+    # it started from the prior: towers moved a little, not like a fresh model
+    w0, w1 = before["user_tower.0.weight"], after["user_tower.0.weight"]
+    assert not torch.equal(w0, w1)
+    cold = train(day, settings)
+    assert (w1 - w0).norm() < 0.5 * (cold.model.state_dict()["user_tower.0.weight"] - w0).norm()
+    # and still recommends by topic for the old users
+    items = list(world.items)
+    V, b = item_vectors(warm, items, world2.item_content)
+    U = user_vectors(warm, ["t0-u05", "t1-u05"], "home", pool_user_content(*world.events(["t0-u05", "t1-u05"], 10)[:2],
+                                                                            world.item_content))
+    topics = np.array([world.items[x] for x in items])
+    scores = U @ V.T + b
+    assert scores[0, topics == 0].mean() > scores[0, topics == 1].mean()
+    assert scores[1, topics == 1].mean() > scores[1, topics == 0].mean()
+
+
+def test_warm_start_rejects_an_incompatible_prior(ckpt):
+    u = np.array(["a"] * 3, dtype=object)
+    i = np.array(["x", "y", "x"], dtype=object)
+    small = {"x": np.ones(8, np.float32), "y": np.ones(8, np.float32)}
+    with pytest.raises(CheckpointError):
+        train(TrainingData(u, i, np.array(["home"] * 3, dtype=object), None, small, {}), _settings(), prior=ckpt)
+
+
+def test_dataframe_content_and_zero_epochs(world, ckpt):
+    frame = pd.DataFrame({"item_id": list(world.item_content), "embedding": list(world.item_content.values())})
+    u = np.array(["t0-u00", "new-user"], dtype=object)
+    i = np.array(["t0-i00", "t1-i00"], dtype=object)
+    d = TrainingData(u, i, np.array(["home", "home"], dtype=object), np.array([4.0, np.nan]), frame,
+                     pd.Series({"t0-u00": world.centers[0]}))
+    warm = train(d, _settings(), prior=ckpt, epochs=0)   # grow only
+    assert warm.metrics["epochs"] == 0 and warm.metrics["n_val"] == 0 and warm.metrics["val_interact_auc"] is None
+    assert "new-user" in warm.user_index
+    V1, b1 = item_vectors(ckpt, ["t1-i00"], frame)
+    V2, b2 = item_vectors(warm, ["t1-i00"], world.item_content)
+    np.testing.assert_array_equal(V1, V2)
+    np.testing.assert_array_equal(b1, b2)

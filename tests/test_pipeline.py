@@ -1,0 +1,96 @@
+"""The stages end to end in-process on a tiny replay slice (one shared run), and their failure modes."""
+
+import datetime as dt
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from coldstart.features import window_start
+from coldstart.lake import Lake
+
+
+def test_every_active_user_has_a_list_of_active_unconsumed_items(tiny_run):
+    settings, plan, days, _ = tiny_run
+    lake = Lake.from_settings(settings)
+    last = days[-1]
+    recs = lake.read_pandas("recommendations", filters=[("run_date", "=", last)])
+    users = lake.read_pandas("users")
+    active = set(users.loc[users.last_seen >= window_start(settings, last), "user_id"])
+    assert active and set(recs.user_id) == active
+    assert recs.groupby(["user_id", "scene"]).size().max() <= settings.top_k
+    assert not recs.duplicated(["user_id", "scene", "item_id"]).any()
+    items = lake.read_pandas("items")
+    assert set(recs.item_id) <= set(items.loc[items.active, "item_id"])
+    consumed = lake.read_pandas("interactions", columns=["user_id", "item_id"])
+    assert recs.merge(consumed, on=["user_id", "item_id"]).empty
+    assert recs.reason.str.startswith("similar to").any()
+
+
+def test_training_chain_warm_starts_from_the_day_before(tiny_run):
+    settings, plan, days, _ = tiny_run
+    registry = Lake.from_settings(settings).read_pandas("model_registry").sort_values("run_date")
+    assert list(registry["mode"]) == ["cold", "warm", "warm"]
+    assert registry.parent_version.iloc[1] == registry.model_version.iloc[0]
+    assert registry.parent_version.iloc[2] == registry.model_version.iloc[1]
+    metrics = json.loads(registry.metrics.iloc[-1])
+    assert "val_interact_auc" in metrics and "val_rating_rmse" in metrics
+
+
+def test_embeddings_cover_every_item_once(tiny_run):
+    settings, *_ = tiny_run
+    lake = Lake.from_settings(settings)
+    emb = lake.read_pandas("entity_embeddings")
+    items = lake.read_pandas("items")
+    assert set(emb.loc[emb.entity_type == "item", "entity_id"]) == set(items.item_id)
+    assert not emb.duplicated(["entity_type", "entity_id", "encoder"]).any()
+    assert (emb.dim == 384).all()
+
+
+def test_evaluation_compares_model_and_baselines(tiny_run):
+    settings, plan, days, _ = tiny_run
+    ev = Lake.from_settings(settings).read_pandas("evaluation")
+    assert set(ev.run_date) == set(days[1:])
+    assert {"model", "popularity"} <= set(ev.method)
+    assert ev.value.between(0, 1).all()
+
+
+def test_rerun_of_a_night_changes_nothing(tiny_run, spark):
+    from coldstart.pipeline import run_days
+
+    settings, plan, days, _ = tiny_run
+    lake = Lake.from_settings(settings)
+    before = lake.read_pandas("recommendations", filters=[("run_date", "=", days[-1])])
+    registry = lake.read_pandas("model_registry")
+    run_days(settings, [days[-1]], stages=["embed", "train", "score"], spark=spark)
+    after = lake.read_pandas("recommendations", filters=[("run_date", "=", days[-1])])
+    key = ["user_id", "scene", "rank"]
+    pd.testing.assert_frame_equal(before.sort_values(key).reset_index(drop=True),
+                                  after.sort_values(key).reset_index(drop=True))
+    assert lake.read_pandas("model_registry").model_version.tolist() == registry.model_version.tolist()
+
+
+def test_missing_or_corrupt_checkpoint_trains_cold(tiny_run, spark, tmp_path):
+    from coldstart.train import checkpoint_dir, train
+
+    settings, plan, days, _ = tiny_run
+    copy = settings.replace(models=str(tmp_path / "models"), lake=str(tmp_path / "lake"))
+    shutil.copytree(settings.lake, copy.lake)
+    shutil.copytree(settings.models, copy.models)
+    prior = checkpoint_dir(copy, days[1])
+    weights = prior / "model.pt"
+    weights.write_bytes(weights.read_bytes()[:-10] + b"corrupted!")
+    row = train(spark, copy, days[2])
+    assert row["mode"] == "cold" and row["parent_version"] is None
+    shutil.rmtree(prior)
+    assert train(spark, copy, days[2])["mode"] == "cold"
+    assert train(spark, copy, days[2], full_retrain=True)["mode"] == "full"
+
+
+def test_score_without_a_model_says_so(tiny_run, tmp_path):
+    from coldstart.score import ModelMissingError, score
+
+    settings, plan, days, _ = tiny_run
+    with pytest.raises(ModelMissingError, match="run train first"):
+        score(None, settings, days[-1] + dt.timedelta(days=5))
