@@ -24,7 +24,7 @@ $(STAMP): requirements.txt constraints.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet --quiet --no-deps -e . 2>/dev/null || $(PY) -m pip install --no-deps -e .
 	$(PY) -m pip check
 	@touch $(STAMP)
 

@@ -39,6 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--landing", default=None, help="landing root (default: setting landing)")
     rep.add_argument("--users-limit", type=int, default=None, help="keep only the first N users (tiny slices)")
 
+    syn = sub.add_parser("synth", help="write synthetic landing days (power-law users/items, topics, broken rows)")
+    syn.add_argument("--users", type=int, default=2000, help="users on the first day (default 2000)")
+    syn.add_argument("--items", type=int, default=1000, help="catalog items on the first day (default 1000)")
+    syn.add_argument("--events-per-day", type=int, default=20000, help="interaction rows per day, broken ones included")
+    syn.add_argument("--days", type=int, default=3, help="days to write (default 3)")
+    syn.add_argument("--new-items-per-day", type=int, default=50)
+    syn.add_argument("--new-users-per-day", type=int, default=100)
+    syn.add_argument("--broken-share", type=float, default=0.01, help="share of broken rows, spread over every kind")
+    syn.add_argument("--start", type=_date, default=dt.date(2024, 1, 1), help="first day (default 2024-01-01)")
+    syn.add_argument("--seed", type=int, default=None, help="random seed (default: setting seed)")
+    syn.add_argument("--topics", type=int, default=20)
+    syn.add_argument("--files-per-day", type=int, default=4, help="interaction files per day (JSONL, CSV, Parquet in turn)")
+    syn.add_argument("--landing", default=None, help="landing root (default: setting landing)")
+
     sql = sub.add_parser("sql", help="query the output tables with DuckDB (tables by name)")
     sql.add_argument("query")
     sql.add_argument("--output", default=None, help="write .csv or .parquet instead of printing")
@@ -71,6 +85,21 @@ def main(argv: list[str] | None = None) -> int:
         plan = replay(args.landing or settings.landing, args.start, args.days, seed=settings.seed,
                       users_limit=args.users_limit)
         print(f"landed {plan.days + 1} days: bootstrap {plan.bootstrap_day}, replay {plan.day(1)} .. {plan.day(plan.days)}")
+    elif args.command == "synth":
+        from coldstart.synth import SynthConfig, synth
+        try:
+            cfg = SynthConfig(users=args.users, items=args.items, events_per_day=args.events_per_day, days=args.days,
+                              new_items_per_day=args.new_items_per_day, new_users_per_day=args.new_users_per_day,
+                              broken_share=args.broken_share, start=args.start,
+                              seed=settings.seed if args.seed is None else args.seed, topics=args.topics,
+                              files_per_day=args.files_per_day, lateness_days=settings.lateness_days,
+                              max_text_chars=settings.max_text_chars)
+        except ValueError as exc:
+            print(f"coldstart synth: {exc}", file=sys.stderr)
+            return 2
+        days = synth(args.landing or settings.landing, cfg)
+        print(f"landed {len(days)} synthetic days: {days[0].date} .. {days[-1].date}, "
+              f"{cfg.events_per_day} interaction rows a day")
     elif args.command == "run":
         from coldstart.pipeline import STAGES, date_range, run_days
         if args.first and not args.last:

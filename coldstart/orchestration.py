@@ -17,19 +17,42 @@ log = logging.getLogger("coldstart.orchestration")
 LOCAL_SPARK_CONNECTION = json.dumps({"conn_type": "spark", "host": "local[2]"})
 
 
-def resolve_run_date(params: dict, logical_date, run_after) -> dt.date:
-    """The night's run date: params.run_date when given, else the day before the run's
-    logical date (scheduled) or run_after (manual triggers, where logical_date is None)."""
+class PreviousNightFailed(RuntimeError):
+    """The run before this one (by logical date) failed: this night must not run before it is re-run."""
+
+
+def resolve_run_date(params: dict, data_interval_start, run_after) -> dt.date:
+    """The night's run date: params.run_date when given, else the (UTC) day its data interval starts
+    (scheduled runs, backfills, manual runs given a logical date), else the day before run_after
+    (manual triggers with logical_date None have no data interval)."""
     text = (params or {}).get("run_date")
     if text:
         try:
             return dt.date.fromisoformat(str(text))
         except ValueError:
             raise ValueError(f"param run_date={text!r} is not a date (YYYY-MM-DD)") from None
-    anchor = logical_date or run_after
-    if anchor is None:
-        raise ValueError("cannot derive the run date: no run_date param, logical_date or run_after")
-    return anchor.date() - dt.timedelta(days=1)
+    if data_interval_start is not None:
+        return data_interval_start.astimezone(dt.timezone.utc).date()
+    if run_after is None:
+        raise ValueError("cannot derive the run date: no run_date param, data interval or run_after")
+    return run_after.astimezone(dt.timezone.utc).date() - dt.timedelta(days=1)
+
+
+def previous_night_done(previous_run) -> bool:
+    """Whether the run before this one (by logical date; None when there is none) lets this night start:
+    True once it succeeded, False while it is queued or running, PreviousNightFailed when it failed."""
+    if previous_run is None:
+        return True
+    state = getattr(previous_run.state, "value", previous_run.state)
+    if state == "success":
+        return True
+    if state == "failed":
+        run_date = resolve_run_date(previous_run.conf or {}, previous_run.data_interval_start, previous_run.run_after)
+        raise PreviousNightFailed(
+            f"previous night {previous_run.run_id} (run date {run_date}) failed: re-run it first (clear it), "
+            "then this one; nights chain (train warm-starts from the day before)")
+    log.info("waiting for the previous night %s (%s) to finish", previous_run.run_id, state)
+    return False
 
 
 def stage_arguments(stage: str, run_date: str, params: dict) -> list[str]:
@@ -85,7 +108,8 @@ def notify_failure(context) -> None:
     ti = context.get("task_instance") or context.get("ti")
     run_id = getattr(context.get("dag_run"), "run_id", None)
     payload = {"dag_id": getattr(ti, "dag_id", None), "run_id": run_id, "task_id": getattr(ti, "task_id", None),
-               "try_number": getattr(ti, "try_number", None), "error": str(context.get("exception"))}
+               "run_date": _resolved_run_date(ti), "try_number": getattr(ti, "try_number", None),
+               "error": str(context.get("exception"))}
     log.error("coldstart task failed: %s", payload)
     url = Settings.load().webhook_url
     if url:
@@ -95,3 +119,10 @@ def notify_failure(context) -> None:
             urllib.request.urlopen(request, timeout=10).close()
         except OSError as exc:
             log.error("failure webhook %s not reached: %s", url, exc)
+
+
+def _resolved_run_date(ti) -> str | None:
+    try:
+        return ti.xcom_pull(task_ids="resolve_run_date")
+    except Exception:  # noqa: BLE001 - a failure report must go out even when the run date is unknown
+        return None

@@ -1,19 +1,31 @@
 """Score stage: top-K items for every active user, in the user's most frequent recent scene(s).
 
-* candidates: every active item (new ones too), minus what the user already consumed;
+* candidates: every active item (new ones too), minus what the user already consumed (all history);
 * users with history and/or a profile are scored by the model of run date D (a user with a profile
   and no history from the profile alone); a user with neither gets the scene's popular-and-fresh list;
-* scoring runs in blocks of ``score_block_users`` users: one matrix product and one top-k per
-  block, so memory is bounded by the block, and each block is streamed into the Delta commit;
-* every row has a reason: "similar to <title> you liked" (the consumed item whose content is
-  closest to the recommended one), "matches your profile", or "popular in <scene>".
+* user_segment: ``new`` (no history, no profile), ``cold`` (a profile, 1-5 recent events, or only
+  history older than the active window), ``warm`` (more than 5 recent events);
+* scoring runs in blocks of ``score_block_users`` (user, scene) lists: the block's user vectors, a
+  top-k kernel (:func:`top_k_scores`) and the block's Arrow batch, streamed into one Delta commit,
+  so memory is bounded by the block, not by the number of users;
+* every row has a reason: "similar to <title> you liked" (the recently consumed item whose content
+  is closest to the recommended one), "matches your profile", "based on your earlier activity",
+  "popular in <scene>" or "new in the catalogue".
+
+The top-k kernel computes the scores of a tile of ``SCORE_TILE_USERS`` rows against every item with
+one matrix product, masks consumed items, and selects exactly with a group-max prune: split each
+row into groups of ``TOPK_GROUP`` columns, keep the k groups with the largest maxima, rank only
+their k x TOPK_GROUP scores. Every item of the true top k lies in one of those groups (an item
+scoring above the k-th largest group maximum has a group maximum above it too), so the result is
+exact (ties may pick a different item of equal score); at dim 64 this selection costs a fraction of
+a full ``torch.topk`` over all items (bench/score_speed.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,7 +39,11 @@ from coldstart.lake import Lake
 log = logging.getLogger("coldstart.score")
 
 POPULARITY_HALF_LIFE_DAYS = 3.0
+POPULARITY_OVERALL_PRIOR = 0.01  # weight of overall popularity in a scene's list (ranks items unseen in the scene)
+FRESH_EVERY = 5  # popular-and-fresh fallback: every fifth slot goes to a new item
 REASON_HISTORY = 20  # most recent consumed items considered for "similar to ..."
+TOPK_GROUP = 32  # columns per group of the group-max prune: about sqrt(items / k) at 50k items and k = 50
+SCORE_TILE_USERS = 256  # rows per matrix product inside a block (see bench/score_speed.py)
 
 
 class ModelMissingError(RuntimeError):
@@ -37,39 +53,129 @@ class ModelMissingError(RuntimeError):
 def popularity(events: pd.DataFrame, run_date: dt.date, half_life: float = POPULARITY_HALF_LIFE_DAYS) -> pd.DataFrame:
     """(scene, item_id, score): events weighted by exp-decay of their age in days at the end of run_date."""
     if events.empty:
-        return pd.DataFrame(columns=["scene", "item_id", "score"])
+        return pd.DataFrame({"scene": pd.Series(dtype=object), "item_id": pd.Series(dtype=object),
+                             "score": pd.Series(dtype=np.float64)})
     end = pd.Timestamp(run_date + dt.timedelta(days=1), tz="UTC")
     age = (end - pd.to_datetime(events["event_ts"], utc=True)).dt.total_seconds() / 86400.0
     weights = np.power(0.5, age.to_numpy() / half_life)
     frame = pd.DataFrame({"scene": events["scene"].to_numpy(), "item_id": events["item_id"].to_numpy(), "w": weights})
-    overall = frame.groupby("item_id")["w"].sum()
-    per_scene = frame.groupby(["scene", "item_id"])["w"].sum()
-    # A scene's list: its own popularity, with overall popularity as a small prior for unseen items.
-    out = per_scene.reset_index().rename(columns={"w": "score"})
-    out["score"] += 0.01 * out["item_id"].map(overall)
-    return out
+    return frame.groupby(["scene", "item_id"])["w"].sum().reset_index().rename(columns={"w": "score"})
 
 
-def segments(users: pd.DataFrame, counts: pd.Series) -> pd.Series:
-    """new (no history, no profile), cold (profile only, or 1-5 recent events), warm (more)."""
-    n = users["user_id"].map(counts).fillna(0).astype(int)
-    has_profile = users["content_text"].fillna("") != ""
-    return pd.Series(np.where(n > 5, "warm", np.where((n > 0) | has_profile, "cold", "new")), index=users.index)
+def popular_in_scene(pop: pd.DataFrame, scene: str) -> pd.Series:
+    """item_id -> score, best first: the scene's own popularity plus overall popularity as a small prior,
+    so that items unseen in the scene (or every item, for a scene nobody used yet) are still ranked."""
+    overall = pop.groupby("item_id")["score"].sum()
+    in_scene = pop.loc[pop["scene"] == scene].set_index("item_id")["score"]
+    ranked = (POPULARITY_OVERALL_PRIOR * overall).add(in_scene, fill_value=0.0).rename("score")
+    ranked = ranked.reset_index().sort_values(["score", "item_id"], ascending=[False, True])
+    return ranked.set_index("item_id")["score"]
 
 
-def _consumed(lake: Lake, run_date: dt.date, users: np.ndarray, item_index: dict) -> list[np.ndarray]:
-    pairs = interactions(lake, dt.date.min, run_date, ["user_id", "item_id"]).drop_duplicates()
-    user_pos = {u: i for i, u in enumerate(users)}
-    pairs = pairs[pairs["user_id"].isin(user_pos) & pairs["item_id"].isin(item_index)]
+def segments(users: pd.DataFrame, recent_counts: pd.Series, with_history: set) -> pd.Series:
+    """new (no history, no profile), cold (a profile, 1-5 recent events, or only older history), warm (more)."""
+    n = users["user_id"].map(recent_counts).fillna(0).astype(int)
+    known = (users["content_text"].fillna("") != "") | (n > 0) | users["user_id"].isin(with_history)
+    return pd.Series(np.where(n > 5, "warm", np.where(known, "cold", "new")), index=users.index)
+
+
+# --------------------------------------------------------------------------------------------
+# the top-k kernel
+# --------------------------------------------------------------------------------------------
+class ItemMatrix:
+    """Item vectors laid out for the kernel: transposed, padded to a multiple of TOPK_GROUP columns
+    whose bias is -inf (so padding never ranks)."""
+
+    def __init__(self, vectors, bias):
+        import torch
+
+        vectors = torch.as_tensor(vectors, dtype=torch.float32)
+        bias = torch.as_tensor(bias, dtype=torch.float32)
+        if vectors.ndim != 2 or bias.shape != (vectors.shape[0],):
+            raise ValueError(f"item vectors {tuple(vectors.shape)} and bias {tuple(bias.shape)} do not match")
+        self.n_items, dim = vectors.shape
+        width = -(-self.n_items // TOPK_GROUP) * TOPK_GROUP
+        self.transposed = torch.zeros(dim, width)
+        self.transposed[:, :self.n_items] = vectors.T
+        self.bias = torch.full((width,), float("-inf"))
+        self.bias[:self.n_items] = bias
+
+    @property
+    def width(self) -> int:
+        return self.transposed.shape[1]
+
+
+def select_top_k(scores, k: int):
+    """Exact top-k per row of a score tile whose width is a multiple of TOPK_GROUP: (values descending,
+    column indices). Rows with fewer than k finite scores end in -inf values."""
+    import torch
+
+    n, width = scores.shape
+    groups = width // TOPK_GROUP
+    if width % TOPK_GROUP or groups <= 2 * k:
+        return torch.topk(scores, k, dim=1)  # too few groups for the prune to save anything
+    grouped = scores.view(n, groups, TOPK_GROUP)
+    best_groups = torch.topk(grouped.amax(dim=2), k, dim=1, sorted=False).indices  # (n, k)
+    candidates = grouped.gather(1, best_groups.unsqueeze(2).expand(n, k, TOPK_GROUP)).view(n, k * TOPK_GROUP)
+    values, position = torch.topk(candidates, k, dim=1)
+    columns = best_groups.gather(1, torch.div(position, TOPK_GROUP, rounding_mode="floor")) * TOPK_GROUP \
+        + position % TOPK_GROUP
+    return values, columns
+
+
+def top_k_scores(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[np.ndarray],
+                 tile: int = SCORE_TILE_USERS) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k items per row of ``user_vecs @ items.T + bias``, excluding each row's ``consumed`` item positions.
+
+    Returns (scores, item positions), each (n, min(k, items)); a row with fewer unconsumed items than k
+    ends in -inf scores (callers drop those). Memory: one (tile, items) score matrix."""
+    import torch
+
+    user_vecs = torch.as_tensor(user_vecs, dtype=torch.float32)
+    n = user_vecs.shape[0]
+    if len(consumed) != n:
+        raise ValueError(f"consumed has {len(consumed)} rows for {n} users")
+    k = min(k, items.n_items)
+    values = np.empty((n, k), dtype=np.float32)
+    positions = np.empty((n, k), dtype=np.int64)
+    if n == 0 or k == 0:
+        return values, positions
+    buffer = torch.empty(min(tile, n), items.width)
+    neg_inf = torch.tensor(float("-inf"))
+    for start in range(0, n, tile):
+        rows = user_vecs[start:start + tile]
+        scores = torch.addmm(items.bias, rows, items.transposed, out=buffer[:rows.shape[0]])
+        tile_consumed = consumed[start:start + tile]
+        lengths = [len(c) for c in tile_consumed]
+        if sum(lengths):
+            row_idx = torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths))
+            col_idx = torch.from_numpy(np.concatenate(tile_consumed).astype(np.int64))
+            scores.index_put_((row_idx, col_idx), neg_inf)
+        top_values, top_columns = select_top_k(scores, k)
+        values[start:start + rows.shape[0]] = top_values.numpy()
+        positions[start:start + rows.shape[0]] = top_columns.numpy()
+    return values, positions
+
+
+# --------------------------------------------------------------------------------------------
+# the stage
+# --------------------------------------------------------------------------------------------
+def consumed_pairs(lake: Lake, run_date: dt.date) -> pd.DataFrame:
+    """Distinct (user_id, item_id) of every accepted interaction up to run_date."""
+    return interactions(lake, dt.date.min, run_date, ["user_id", "item_id"]).drop_duplicates()
+
+
+def consumed_positions(pairs: pd.DataFrame, users: np.ndarray, item_index: dict) -> list[np.ndarray]:
+    """Per row of ``users`` (a user may repeat, one row per scene): positions of the items they consumed."""
+    user_rows: dict[str, list[int]] = {}
+    for row, user in enumerate(users):
+        user_rows.setdefault(user, []).append(row)
+    pairs = pairs[pairs["user_id"].isin(user_rows) & pairs["item_id"].isin(item_index)]
     out = [np.empty(0, dtype=np.int64) for _ in users]
-    if not pairs.empty:
-        codes_u = pairs["user_id"].map(user_pos).to_numpy()
-        codes_i = pairs["item_id"].map(item_index).to_numpy()
-        order = np.argsort(codes_u, kind="stable")
-        codes_u, codes_i = codes_u[order], codes_i[order]
-        bounds = np.flatnonzero(np.r_[True, codes_u[1:] != codes_u[:-1], True])
-        for a, b in zip(bounds[:-1], bounds[1:]):
-            out[codes_u[a]] = codes_i[a:b]
+    for user, items in pairs.groupby("user_id")["item_id"]:
+        codes = np.sort(items.map(item_index).to_numpy().astype(np.int64))
+        for row in user_rows[user]:
+            out[row] = codes
     return out
 
 
@@ -80,6 +186,8 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     from coldstart.train import registry_row
 
     k = int(top_k or settings.top_k)
+    if k <= 0:
+        raise ValueError(f"score {run_date}: top_k must be positive, got {k}")
     lake = Lake.from_settings(settings)
     reg = registry_row(lake, run_date)
     if reg is None:
@@ -92,15 +200,17 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     item_ids = items["item_id"].to_numpy()
     item_index = {i: n for n, i in enumerate(item_ids)}
     is_new = (items["first_interaction"].isna() | (items["first_interaction"] >= run_date)).to_numpy()
-    titles = items["title"].fillna(items["item_id"]).to_numpy()
+    titles = items["title"].where(items["title"].fillna("") != "", items["item_id"]).to_numpy()
 
     users = lake.read_pandas("users", columns=["user_id", "content_text", "first_seen", "last_seen"])
     users = users[(users["last_seen"] >= window_start(settings, run_date)) & (users["first_seen"] <= run_date)]
     users = users.sort_values("user_id").reset_index(drop=True)
     history = load_history(lake, settings, run_date)
-    users["segment"] = segments(users, history.user_counts())
+    consumed = consumed_pairs(lake, run_date)
+    users["segment"] = segments(users, history.user_counts(), set(consumed["user_id"]))
+    users["has_profile"] = users["content_text"].fillna("") != ""
     scenes = history.top_scenes(settings.scenes_per_user)
-    pairs = users[["user_id", "segment"]].merge(scenes, on="user_id", how="left")
+    pairs = users[["user_id", "segment", "has_profile"]].merge(scenes, on="user_id", how="left")
     pairs["scene"] = pairs["scene"].fillna("default")
     log.info("score %s: %d active users (%s), %d (user, scene) lists over %d active items (%d new), model %s",
              run_date, len(users), users["segment"].value_counts().to_dict(), len(pairs), len(items), int(is_new.sum()),
@@ -109,92 +219,87 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     item_content = content_vectors(lake, settings, "item")
     profiles = content_vectors(lake, settings, "user")
     u_content = user_content(history.events[["user_id", "item_id"]].drop_duplicates(), item_content, profiles)
-    V, bias = item_vectors(ckpt, item_ids, item_content)
-    V_t, bias_t = torch.from_numpy(V), torch.from_numpy(bias)
+    matrix = ItemMatrix(*item_vectors(ckpt, item_ids, item_content))
     dim = next(iter(item_content.values())).shape[0] if item_content else 1
-    C = np.stack([item_content.get(i, np.zeros(dim, np.float32)) for i in item_ids]) if len(item_ids) else np.zeros((0, dim), np.float32)
-    C_t = torch.from_numpy(C)
-    consumed = _consumed(lake, run_date, pairs["user_id"].to_numpy(), item_index)
+    content = torch.from_numpy(np.stack([item_content.get(i, np.zeros(dim, np.float32)) for i in item_ids])
+                               if len(item_ids) else np.zeros((0, dim), np.float32))
     recent = (history.events.sort_values("event_ts", ascending=False).groupby("user_id")["item_id"]
               .apply(lambda s: [item_index[i] for i in s if i in item_index][:REASON_HISTORY]).to_dict())
     popular = popularity(history.events, run_date)
-    k_eff = min(k, len(item_ids))
+    model_rows = pairs[pairs["segment"] != "new"].reset_index(drop=True)
+    new_rows = pairs[pairs["segment"] == "new"].reset_index(drop=True)
 
     def blocks() -> Iterator[pa.RecordBatch]:
         step = settings.score_block_users
-        model_rows = pairs[pairs["segment"] != "new"]
         for start in range(0, len(model_rows), step):
             block = model_rows.iloc[start:start + step]
-            U = torch.from_numpy(user_vectors(ckpt, block["user_id"].to_numpy(), block["scene"].to_numpy(), u_content))
-            S = U @ V_t.T + bias_t
-            for row, idx in enumerate(block.index):
-                if len(consumed[idx]):
-                    S[row, torch.from_numpy(consumed[idx])] = float("-inf")
-            top = torch.topk(S, k_eff, dim=1)
-            yield _model_batch(block, top.values.numpy(), top.indices.numpy(), recent, C_t, titles, item_ids,
-                               is_new, version, run_date)
-        new_rows = pairs[pairs["segment"] == "new"]
+            user_vecs = user_vectors(ckpt, block["user_id"].to_numpy(), block["scene"].to_numpy(), u_content)
+            block_consumed = consumed_positions(consumed, block["user_id"].to_numpy(), item_index)
+            values, positions = top_k_scores(user_vecs, matrix, k, block_consumed)
+            yield _model_batch(block, values, positions, recent, content, titles, item_ids, is_new, version, run_date)
         if len(new_rows):
-            yield _popular_batch(new_rows, popular, item_index, item_ids, is_new, k_eff, run_date)
+            yield _popular_batch(new_rows, popular, item_index, item_ids, is_new, k, run_date)
 
     written = lake.replace_partition_stream("recommendations", blocks(), run_date=run_date)
     log.info("score %s: wrote %d recommendations", run_date, written)
     return {"users": len(users), "lists": len(pairs), "rows": written, "model_version": version}
 
 
-def _model_batch(block, scores, indices, recent, C_t, titles, item_ids, is_new, version, run_date) -> pa.RecordBatch:
+def _model_batch(block, scores, positions, recent, content, titles, item_ids, is_new, version, run_date) -> pa.RecordBatch:
     import torch
 
-    n, k = indices.shape
+    n, k = positions.shape
     reasons = np.empty((n, k), dtype=object)
-    for row, user in enumerate(block["user_id"].to_numpy()):
+    for row, (user, has_profile) in enumerate(zip(block["user_id"].to_numpy(), block["has_profile"].to_numpy())):
         hist = recent.get(user, [])
         if not hist:
-            reasons[row, :] = "matches your profile"
+            reasons[row, :] = "matches your profile" if has_profile else "based on your earlier activity"
             continue
-        sims = C_t[torch.from_numpy(indices[row])] @ C_t[torch.tensor(hist)].T  # (k, h)
+        sims = content[torch.from_numpy(positions[row])] @ content[torch.tensor(hist)].T  # (k, h)
         best = sims.argmax(dim=1).numpy()
         reasons[row, :] = [f"similar to {titles[hist[b]]} you liked" for b in best]
-    valid = np.isfinite(scores)
-    flat = valid.reshape(-1)
-    ranks = np.tile(np.arange(1, k + 1, dtype=np.int32), n)
+    valid = np.isfinite(scores).reshape(-1)
+    flat_positions = positions.reshape(-1)[valid]
     return pa.RecordBatch.from_pydict({
-        "run_date": np.full(n * k, run_date)[flat],
-        "user_id": np.repeat(block["user_id"].to_numpy(), k)[flat],
-        "scene": np.repeat(block["scene"].to_numpy(), k)[flat],
-        "rank": ranks[flat],
-        "item_id": item_ids[indices.reshape(-1)][flat],
-        "score": scores.reshape(-1).astype(np.float64)[flat],
-        "model_version": np.full(n * k, version, dtype=object)[flat],
-        "user_segment": np.repeat(block["segment"].to_numpy(), k)[flat],
-        "item_is_new": is_new[indices.reshape(-1)][flat],
-        "reason": reasons.reshape(-1)[flat],
+        "run_date": np.full(n * k, run_date)[valid],
+        "user_id": np.repeat(block["user_id"].to_numpy(), k)[valid],
+        "scene": np.repeat(block["scene"].to_numpy(), k)[valid],
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n)[valid],
+        "item_id": item_ids[flat_positions],
+        "score": scores.reshape(-1).astype(np.float64)[valid],
+        "model_version": np.full(valid.sum(), version, dtype=object),
+        "user_segment": np.repeat(block["segment"].to_numpy(), k)[valid],
+        "item_is_new": is_new[flat_positions],
+        "reason": reasons.reshape(-1)[valid],
     }, schema=RECOMMENDATIONS.schema)
 
 
+def popular_and_fresh(ranked: pd.Series, fresh: list[str], k: int) -> list[str]:
+    """Mostly the popular items (``ranked``, best first), with a new item in every FRESH_EVERY-th slot."""
+    popular = iter(ranked.index)
+    new = (i for i in fresh if i not in ranked.index)
+    out: list[str] = []
+    while len(out) < k:
+        take = next(new, None) if len(out) % FRESH_EVERY == FRESH_EVERY - 1 else None
+        take = take or next(popular, None) or next(new, None)
+        if take is None:
+            break
+        out.append(take)
+    return out
+
+
 def _popular_batch(rows, popular, item_index, item_ids, is_new, k, run_date) -> pa.RecordBatch:
+    """Lists of the users with neither history nor profile (so nothing consumed to exclude)."""
     out = []
     fresh = [item_ids[i] for i in np.flatnonzero(is_new)]
     for scene, group in rows.groupby("scene"):
-        top = popular[popular["scene"] == scene].sort_values(["score", "item_id"], ascending=[False, True])
-        top = top[top["item_id"].isin(item_index)]
-        # popular-and-fresh: mostly popular items, with new items filling every fifth slot
-        listed = list(top["item_id"].head(k))
-        scores = dict(zip(top["item_id"], top["score"]))
-        merged, fresh_iter = [], iter(i for i in fresh if i not in scores)
-        for pos in range(k):
-            take = next(fresh_iter, None) if pos % 5 == 4 else None
-            if take is None and listed:
-                take = listed.pop(0)
-            if take is None:
-                take = next(fresh_iter, None)
-            if take is None:
-                break
-            merged.append(take)
+        ranked = popular_in_scene(popular, scene)
+        ranked = ranked[ranked.index.isin(item_index)]
+        listed = popular_and_fresh(ranked, fresh, k)
         for user in group["user_id"]:
-            for rank, item in enumerate(merged, start=1):
+            for rank, item in enumerate(listed, start=1):
                 out.append({"run_date": run_date, "user_id": user, "scene": scene, "rank": rank, "item_id": item,
-                            "score": float(scores.get(item, 0.0)), "model_version": "popular", "user_segment": "new",
+                            "score": float(ranked.get(item, 0.0)), "model_version": "popular", "user_segment": "new",
                             "item_is_new": bool(is_new[item_index[item]]),
-                            "reason": f"popular in {scene}" if item in scores else "new in the catalogue"})
+                            "reason": f"popular in {scene}" if item in ranked.index else "new in the catalogue"})
     return pa.RecordBatch.from_pylist(out, schema=RECOMMENDATIONS.schema)

@@ -1,8 +1,40 @@
-"""coldstart nightly: ingest -> embed -> train (warm from D-1) -> score -> evaluate, one Spark job each.
+"""### coldstart nightly
 
-A scheduled run at midnight of D+1 processes day D. Manual triggers (UI/REST, where logical_date is
-None) process the day before run_after, or params.run_date. The run date is resolved once, by the
-first task, and passed to every job explicitly. Only light imports at module level.
+`ingest → embed → train (warm from D-1) → score → evaluate`, each stage one `spark-submit` job
+(`jobs/<stage>.py --run-date D`) against the `spark_default` connection (`local[2]` when none is
+configured).
+
+**Which day a run processes (its run date D).** The first task resolves it once and every job gets
+it explicitly (`--run-date D`):
+
+* `params.run_date` (YYYY-MM-DD) when given: any run can be pointed at any day;
+* else the start of the run's data interval. The schedule (setting `schedule`, default `@daily`, UTC)
+  is a data-interval timetable: the run at midnight of D+1 covers [D, D+1) and processes **D**;
+* a **backfill** processes exactly the days of its range:
+  `airflow backfill create --dag-id coldstart_nightly --from-date 2024-01-01 --to-date 2024-01-03
+  --reprocess-behavior failed --max-active-runs 1` runs the nights of Jan 1, 2 and 3, oldest first.
+  `--reprocess-behavior` is required (the stages depend on their past), `--run-backwards` is refused;
+* a **manual** run (UI "Trigger", or `POST /api/v2/dags/coldstart_nightly/dagRuns` with
+  `logical_date: null`) processes `conf.run_date`, else the day before it was triggered.
+
+**Nights chain.** Train warm-starts from the checkpoint of D-1 and ingest deduplicates against
+earlier days, so nights run one at a time, oldest first: `max_active_runs=1`, every stage has
+`depends_on_past`, and `wait_for_previous_night` holds a night until the run with the previous
+logical date has finished. When that run failed, this one fails at once, naming it (and so does every
+later one): clear (re-run) the failed night and then the ones after it; a re-run replaces its day's
+rows. This also serialises backfills, whose own `--max-active-runs` (default 10) Airflow applies
+instead of the DAG's. Manual runs without a logical date are not chained: they run the day asked for.
+
+**Params** (manual triggers; validated, a bad value refuses the trigger): `run_date`,
+`full_retrain` (train from scratch instead of from D-1), `top_k` (list length), `skip_stages`.
+
+**Failures.** Every task retries (setting `task_retries`) with exponential backoff; a final failure
+is logged and, when the setting `webhook_url` is set, posted there as JSON (dag, run, task, run date,
+error). `wait_for_landing` waits for the `_SUCCESS` marker of `interactions/date=D/` for at most
+`landing_timeout_minutes`. Each job writes its tables in single Delta commits, so a killed job
+leaves no partial rows and its re-run succeeds.
+
+Only light imports at module level: the DAG file parses in well under a second.
 """
 
 from __future__ import annotations
@@ -12,14 +44,23 @@ from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.providers.standard.sensors.python import PythonSensor
-from airflow.sdk import DAG, Param, task
-from airflow.sdk.exceptions import AirflowSkipException
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from coldstart.config import Settings
+from coldstart.config import Settings, SettingsError
 
 STAGES = ("ingest", "embed", "train", "score", "evaluate")
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 SETTINGS = Settings.load()
+
+
+def _timetable(schedule: str) -> CronDataIntervalTimetable:
+    timetable = CronDataIntervalTimetable(schedule, timezone="UTC")
+    try:
+        timetable.validate()
+    except Exception as exc:  # noqa: BLE001 - name the setting, whatever the cron parser raised
+        raise SettingsError(f"COLDSTART_SCHEDULE={schedule!r}: not a cron expression or preset ({exc})") from None
+    return timetable
 
 
 class StageOperator(SparkSubmitOperator):
@@ -44,6 +85,15 @@ class StageOperator(SparkSubmitOperator):
         return super().execute(context)
 
 
+def _previous_night_done(ti) -> bool:
+    from coldstart.orchestration import PreviousNightFailed, previous_night_done
+
+    try:
+        return previous_night_done(ti.get_previous_dagrun())
+    except PreviousNightFailed as exc:
+        raise AirflowFailException(str(exc)) from None  # no retries: only re-running that night helps
+
+
 def _landing_ready(ti) -> bool:
     from coldstart.orchestration import landing_ready
     return landing_ready(ti.xcom_pull(task_ids="resolve_run_date"))
@@ -57,9 +107,9 @@ def _notify(context):
 with DAG(
     dag_id="coldstart_nightly",
     description="Cold-start recommendations: ingest, embed new entities, warm-start train, score, evaluate",
-    schedule=SETTINGS.schedule,
-    start_date=dt.datetime(2024, 1, 1),
-    catchup=False,
+    schedule=_timetable(SETTINGS.schedule),
+    start_date=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,  # missed nights are run on purpose, with a backfill
     max_active_runs=1,  # each night warm-starts from the one before
     default_args={
         "retries": SETTINGS.task_retries,
@@ -69,11 +119,13 @@ with DAG(
         "on_failure_callback": _notify,
     },
     params={
-        "run_date": Param(None, type=["null", "string"], format="date",
-                          description="Day to process (YYYY-MM-DD); default: the day before the run"),
+        "run_date": Param(None, type=["null", "string"], format="date", pattern=r"^\d{4}-\d{2}-\d{2}$",
+                          description="Day to process (YYYY-MM-DD); default: the run's data interval, "
+                                      "or the day before a manual trigger"),
         "full_retrain": Param(False, type="boolean", description="Train from scratch instead of from D-1"),
-        "top_k": Param(None, type=["null", "integer"], minimum=1, maximum=1000, description="List length"),
-        "skip_stages": Param([], type="array", items={"type": "string", "enum": list(STAGES)},
+        "top_k": Param(None, type=["null", "integer"], minimum=1, maximum=1000,
+                       description="List length (default: setting top_k)"),
+        "skip_stages": Param([], type="array", items={"type": "string", "enum": list(STAGES)}, uniqueItems=True,
                              description="Stages to skip"),
     },
     tags=["coldstart"],
@@ -85,10 +137,17 @@ with DAG(
         from coldstart.orchestration import resolve_run_date as resolve
 
         dag_run = context["dag_run"]
-        return resolve(context["params"], dag_run.logical_date, dag_run.run_after).isoformat()
+        return resolve(context["params"], dag_run.data_interval_start, dag_run.run_after).isoformat()
 
     run_date = resolve_run_date()
 
+    wait_for_previous_night = PythonSensor(
+        task_id="wait_for_previous_night",
+        python_callable=_previous_night_done,
+        poke_interval=60,
+        timeout=dt.timedelta(days=1).total_seconds(),
+        mode="reschedule",
+    )
     wait_for_landing = PythonSensor(
         task_id="wait_for_landing",
         python_callable=_landing_ready,
@@ -97,8 +156,8 @@ with DAG(
         mode="reschedule",
     )
     previous = wait_for_landing
-    run_date >> wait_for_landing
+    run_date >> wait_for_previous_night >> wait_for_landing
     for stage in STAGES:
-        op = StageOperator(stage=stage, trigger_rule="none_failed")
+        op = StageOperator(stage=stage, trigger_rule="none_failed", depends_on_past=True)
         previous >> op
         previous = op

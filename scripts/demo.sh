@@ -13,12 +13,12 @@ export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__PARALLELISM=2
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
-export AIRFLOW__LOGGING__LOGGING_LEVEL=WARNING
 START="${DEMO_START:-2024-01-01}"
 NIGHTS="${DEMO_NIGHTS:-3}"
 
+echo "==> starting clean: the demo owns $COLDSTART_LANDING, $COLDSTART_LAKE and $COLDSTART_MODELS"
+rm -rf "$COLDSTART_LANDING" "$COLDSTART_LAKE" "$COLDSTART_MODELS"
 echo "==> landing the sample (bootstrap day $START + 14 replay days) in $COLDSTART_LANDING"
-rm -rf "$COLDSTART_LANDING"
 coldstart -q replay --start "$START" --days 14
 echo "==> preparing Airflow metadata (SQLite) in $AIRFLOW_HOME"
 airflow db migrate >/dev/null

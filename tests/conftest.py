@@ -89,3 +89,38 @@ def airflow_db(session_dir):
     subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], check=True,
                    capture_output=True, env=os.environ.copy())
     return session_dir / "airflow"
+
+
+# Settings of the nights run through Airflow (spark-submit jobs read them from the environment).
+NIGHT_ENV = {"COLDSTART_MODEL_DIM": "16", "COLDSTART_TRAIN_EPOCHS_FULL": "2", "COLDSTART_TRAIN_EPOCHS_WARM": "1",
+             "COLDSTART_TOP_K": "20", "COLDSTART_SPARK_SHUFFLE_PARTITIONS": "2"}
+
+
+@pytest.fixture(scope="session")
+def airflow_night(airflow_db, session_dir):
+    """Bootstrap day and the next night through Airflow (dag.test), each stage a spark-submit job.
+
+    The first night names its day (conf.run_date); the second relies on its logical date (the run
+    date is the start of the data interval that ends at it)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from coldstart.replay import replay
+
+    root = session_dir / "dag_run"
+    settings = make_settings(root)
+    plan = replay(settings.landing, START, days=2, users_limit=15)
+    env = {"COLDSTART_LANDING": settings.landing, "COLDSTART_LAKE": settings.lake, "COLDSTART_MODELS": settings.models,
+           "COLDSTART_REPORTS": settings.reports, **NIGHT_ENV}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        dag = DagBag(dag_folder=str(ROOT / "dags")).dags["coldstart_nightly"]
+        first, second = plan.all_days[:2]
+        midnight = dt.time(tzinfo=dt.timezone.utc)
+        runs = [dag.test(logical_date=dt.datetime.combine(first + dt.timedelta(days=1), midnight),
+                         run_conf={"run_date": first.isoformat()}),
+                dag.test(logical_date=dt.datetime.combine(second + dt.timedelta(days=1), midnight))]
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    return settings, plan, runs

@@ -39,3 +39,12 @@ def test_toml_unknown_key_is_an_error(tmp_path):
 def test_describe_lists_every_setting():
     text = describe()
     assert "COLDSTART_LAKE" in text and "COLDSTART_ENCODER_SHA256" in text
+
+
+def test_table_docs_are_in_sync_with_the_catalog():
+    from pathlib import Path
+
+    from coldstart.docs import tables_markdown
+
+    committed = (Path(__file__).resolve().parent.parent / "docs" / "tables.md").read_text()
+    assert committed == tables_markdown(), "run: python -m coldstart.docs > docs/tables.md"

@@ -94,11 +94,16 @@ def test_deterministic(enc):
 
 def test_order_preserved_under_length_sorting(enc):
     rng = np.random.default_rng(0)
-    texts = [" ".join(["word"] * int(n)) + f" item {i}" for i, n in enumerate(rng.integers(0, 60, size=40))]
-    assert len(enc.plan(enc.tokenize(texts))) > 1 or enc.batch_size >= 40
-    together = enc.encode(texts)
-    alone = np.vstack([enc.encode([t]) for t in texts[:5]])
-    np.testing.assert_allclose(together[:5], alone, atol=1e-5)  # row i is texts[i]
+    texts = [" ".join(["word"] * int(n)) + f" item {i}" for i, n in enumerate(rng.integers(0, 40, size=24))]
+    default_batch = enc.batch_size
+    enc.batch_size = 5  # several batches, so the length sort really reorders across them
+    try:
+        assert len(enc.plan(enc.tokenize(texts))) == 5
+        together = enc.encode(texts)
+    finally:
+        enc.batch_size = default_batch
+    alone = np.vstack([enc.encode([t]) for t in texts[:3]])
+    np.testing.assert_allclose(together[:3], alone, atol=1e-5)  # row i is texts[i]
     perm = rng.permutation(len(texts))
     shuffled = enc.encode([texts[i] for i in perm])
     np.testing.assert_allclose(shuffled, together[perm], atol=1e-5)

@@ -1,0 +1,159 @@
+"""Speed of the score stage's top-k kernel against the bare matrix products, side by side in one run.
+
+Target (issue #6): top-50 for 100k (user, scene) rows x 50k items at dim 64 within 1.5x the time of
+the bare matrix products on the same machine, same run.
+
+Three variants over the same random user/item vectors and the same row tiles, interleaved per
+repetition so that load from other processes hits all of them alike; medians are reported:
+
+* ``bare``   - ``torch.mm`` of each tile of users against all items into a reused buffer, nothing else;
+* ``kernel`` - :func:`coldstart.score.top_k_scores`: addmm with the item bias, consumed-item masking,
+  group-max pruned exact top-k (what the score stage runs);
+* ``naive``  - addmm with the bias, the same masking, then ``torch.topk`` over all items.
+
+``--sweep`` first times bare and kernel at a few tile sizes on a smaller user count (how
+SCORE_TILE_USERS was chosen). Results go to bench/results/score_speed.md.
+
+    .venv/bin/python bench/score_speed.py                 # the target size
+    .venv/bin/python bench/score_speed.py --users 20000   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coldstart.score import SCORE_TILE_USERS, TOPK_GROUP, ItemMatrix, top_k_scores
+
+RESULTS = Path(__file__).resolve().parent / "results" / "score_speed.md"
+
+
+def make_data(users: int, items: int, dim: int, consumed_per_user: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    user_vecs = torch.randn(users, dim, generator=gen)
+    item_vecs = torch.randn(items, dim, generator=gen)
+    bias = torch.randn(items, generator=gen) * 0.1
+    rng = np.random.default_rng(seed)
+    consumed = list(np.sort(rng.integers(0, items, size=(users, consumed_per_user)), axis=1).astype(np.int64))
+    return user_vecs, item_vecs, bias, consumed
+
+
+def bare(user_vecs, items: ItemMatrix, tile: int) -> None:
+    buffer = torch.empty(min(tile, len(user_vecs)), items.width)
+    for start in range(0, len(user_vecs), tile):
+        rows = user_vecs[start:start + tile]
+        torch.mm(rows, items.transposed, out=buffer[:rows.shape[0]])
+
+
+def kernel(user_vecs, items: ItemMatrix, tile: int, k: int, consumed) -> None:
+    top_k_scores(user_vecs, items, k, consumed, tile=tile)
+
+
+def naive(user_vecs, items: ItemMatrix, tile: int, k: int, consumed) -> None:
+    buffer = torch.empty(min(tile, len(user_vecs)), items.width)
+    neg_inf = torch.tensor(float("-inf"))
+    for start in range(0, len(user_vecs), tile):
+        rows = user_vecs[start:start + tile]
+        scores = torch.addmm(items.bias, rows, items.transposed, out=buffer[:rows.shape[0]])
+        part = consumed[start:start + tile]
+        row_idx = torch.from_numpy(np.repeat(np.arange(len(part)), [len(c) for c in part]))
+        scores.index_put_((row_idx, torch.from_numpy(np.concatenate(part))), neg_inf)
+        torch.topk(scores, k, dim=1)
+
+
+def timed(fn, *args) -> float:
+    started = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - started
+
+
+def side_by_side(variants: dict, reps: int) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for rep in range(reps):
+        for name, (fn, args) in variants.items():
+            times[name].append(timed(fn, *args))
+        print(f"  rep {rep + 1}: " + ", ".join(f"{n} {t[-1]:.2f}s" for n, t in times.items()), flush=True)
+    return times
+
+
+def check_exact(user_vecs, items: ItemMatrix, k: int, consumed, rows: int = 512) -> bool:
+    """The kernel's scores equal torch.topk's on a sample of rows (ties aside, values are what must match)."""
+    sample = user_vecs[:rows]
+    values, _ = top_k_scores(sample, items, k, consumed[:rows])
+    full = torch.addmm(items.bias, sample, items.transposed)
+    for row, cols in enumerate(consumed[:rows]):
+        full[row, torch.from_numpy(cols)] = float("-inf")
+    return bool(np.allclose(values, torch.topk(full, k, dim=1).values.numpy(), rtol=1e-5, atol=1e-5))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=100_000, help="(user, scene) rows (default 100000)")
+    parser.add_argument("--items", type=int, default=50_000)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--k", type=int, default=50)
+    parser.add_argument("--consumed", type=int, default=20, help="consumed items masked per user (default 20)")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--tile", type=int, default=SCORE_TILE_USERS, help="rows per matrix product")
+    parser.add_argument("--sweep", action="store_true", help="first time bare and kernel at several tile sizes")
+    parser.add_argument("--sweep-users", type=int, default=20_000)
+    parser.add_argument("--output", default=str(RESULTS))
+    args = parser.parse_args()
+
+    lines = [f"# Score kernel speed ({dt.date.today().isoformat()})", "",
+             f"Command: `.venv/bin/python bench/score_speed.py {' '.join(os.sys.argv[1:])}`".rstrip(), "",
+             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
+             f"{torch.__version__} with {torch.get_num_threads()} threads; the machine was shared with other "
+             f"engineers' Spark and torch jobs during the run (load average at start "
+             f"{os.getloadavg()[0]:.1f}), so absolute times are noisy; the variants are interleaved per "
+             f"repetition and compared by medians.", ""]
+
+    if args.sweep:
+        print(f"sweep: {args.sweep_users} users x {args.items} items, dim {args.dim}", flush=True)
+        user_vecs, item_vecs, bias, consumed = make_data(args.sweep_users, args.items, args.dim, args.consumed, 1)
+        items = ItemMatrix(item_vecs, bias)
+        lines += [f"## Tile sweep ({args.sweep_users} users x {args.items} items, dim {args.dim}, top-{args.k}, "
+                  f"{args.reps} reps, medians)", "", "| tile | bare s | kernel s | kernel / bare |", "|---|---|---|---|"]
+        for tile in (64, 128, 256, 512, 1024, 4096):
+            print(f" tile {tile}", flush=True)
+            t = side_by_side({"bare": (bare, (user_vecs, items, tile)),
+                              "kernel": (kernel, (user_vecs, items, tile, args.k, consumed))}, args.reps)
+            b, kk = statistics.median(t["bare"]), statistics.median(t["kernel"])
+            lines.append(f"| {tile} | {b:.2f} | {kk:.2f} | {kk / b:.2f}x |")
+        lines.append("")
+
+    print(f"main: {args.users} users x {args.items} items, dim {args.dim}, top-{args.k}, tile {args.tile}", flush=True)
+    user_vecs, item_vecs, bias, consumed = make_data(args.users, args.items, args.dim, args.consumed, 0)
+    items = ItemMatrix(item_vecs, bias)
+    exact = check_exact(user_vecs, items, args.k, consumed)
+    times = side_by_side({"bare": (bare, (user_vecs, items, args.tile)),
+                          "kernel": (kernel, (user_vecs, items, args.tile, args.k, consumed)),
+                          "naive": (naive, (user_vecs, items, args.tile, args.k, consumed))}, args.reps)
+    med = {name: statistics.median(t) for name, t in times.items()}
+    ratio = med["kernel"] / med["bare"]
+    lines += [f"## Target size: {args.users} (user, scene) rows x {args.items} items, dim {args.dim}, top-{args.k}",
+              "", f"Tile {args.tile} rows, group {TOPK_GROUP} columns, {args.consumed} consumed items masked per row, "
+              f"{args.reps} interleaved repetitions. Kernel scores equal torch.topk's on 512 sampled rows: "
+              f"{'yes' if exact else 'NO'}.", "",
+              "| variant | median s | runs s | / bare |", "|---|---|---|---|"]
+    for name in ("bare", "kernel", "naive"):
+        lines.append(f"| {name} | {med[name]:.2f} | {', '.join(f'{x:.2f}' for x in times[name])} | "
+                     f"{med[name] / med['bare']:.2f}x |")
+    verdict = "meets" if ratio <= 1.5 else "does NOT meet"
+    lines += ["", f"Kernel / bare = **{ratio:.2f}x** ({verdict} the 1.5x target); naive / bare = "
+              f"{med['naive'] / med['bare']:.2f}x; kernel / naive = {med['kernel'] / med['naive']:.2f}x.", ""]
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
