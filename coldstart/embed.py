@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import re
 from typing import Iterator
 
 import numpy as np
@@ -26,11 +28,24 @@ OUTPUT_DDL = ("entity_type string, entity_id string, encoder string, content_has
               "embedding array<float>, dim int, run_date date")
 
 
+def worker_threads(settings: Settings) -> int:
+    """torch threads for one Python worker: with local[k], k workers share the machine's cores."""
+    if settings.encoder_threads:
+        return settings.encoder_threads
+    cores = os.cpu_count() or 1
+    match = re.fullmatch(r"local\[(\d+|\*)(?:,\d+)?\]", settings.spark_master)
+    tasks = (cores if match.group(1) == "*" else int(match.group(1))) if match else 1
+    return max(1, cores // max(1, tasks))
+
+
 def encode_partitions(settings: Settings, run_date: dt.date):
     """mapInPandas function: (entity_type, entity_id, content_text, content_hash) -> embedding rows."""
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        import torch
+
         from coldstart.encoder import get_encoder
 
+        torch.set_num_threads(worker_threads(settings))
         encoder = get_encoder(settings)  # once per Python worker
         for frame in frames:
             if frame.empty:
