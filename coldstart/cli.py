@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--output", default=None, help="write .csv or .parquet instead of printing")
 
+    report = sub.add_parser("report", help="write the self-contained HTML report (quality, baselines, coverage)")
+    report.add_argument("--output", default=None, help="HTML file (default: <setting reports>/report.html)")
+
     sub.add_parser("settings", help="list every setting with its environment variable, default and doc")
     sub.add_parser("tables", help="list every table with its columns and docs")
     vac = sub.add_parser("vacuum", help="delete unreferenced files (old versions and orphans of crashed writes)")
@@ -121,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(frame.to_string(index=False))
         else:
             print(f"wrote {args.output}")
+    elif args.command == "report":
+        from coldstart.report import write_report
+        print(f"wrote {write_report(settings, args.output)}")
     elif args.command == "vacuum":
         from coldstart.catalog import TABLES
         from coldstart.lake import Lake

@@ -17,6 +17,8 @@ import datetime as dt
 import json
 import logging
 import math
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import repeat
 from typing import Callable, Iterator
@@ -578,6 +580,14 @@ def _parse_files(source: str, rules: Rules, paths: list[str]):
 # ---------------------------------------------------------------------------------------------
 # The stage
 # ---------------------------------------------------------------------------------------------
+@contextmanager
+def _phase(run_date: dt.date, name: str):
+    """Log how long a phase of the stage took (the benchmark and slow nights read these)."""
+    start = time.perf_counter()
+    yield
+    log.info("ingest %s: %s took %.1fs", run_date, name, time.perf_counter() - start)
+
+
 def _parsed_frame(spark, source: str, paths: list[str], rules: Rules):
     """One Spark task per file (spark.range gives each partition exactly one id)."""
     ddl = f"{COMMON_DDL}, {PARSED_DDL[source]}"
@@ -642,16 +652,20 @@ def ingest(spark, settings: Settings, run_date: dt.date) -> dict:
         accepted = marked.filter(~F.col("_dup")).select(
             "event_id", "user_id", "item_id", "event_type", "value", "scene", "event_ts",
             F.to_date("event_ts").alias("event_date"), day.alias("run_date"), "source_file", now.alias("ingested_at"))
-        rows_accepted = {"interactions": lake.write_spark(accepted, "interactions", "replace_partition",
-                                                          {"run_date": run_date})}
+        with _phase(run_date, "parse, validate, dedup and write interactions"):
+            rows_accepted = {"interactions": lake.write_spark(accepted, "interactions", "replace_partition",
+                                                              {"run_date": run_date})}
 
         # --- items and users: the latest row of the day per id is merged, the others are superseded
         items, users = _latest_per_key(valid["items"], "item_id"), _latest_per_key(valid["users"], "user_id")
-        counts = _count_rows(parsed, marked, items, users)
+        with _phase(run_date, "count rows"):
+            counts = _count_rows(parsed, marked, items, users)
         rows_accepted["items"] = counts.get(("items", "latest"), 0)
         rows_accepted["users"] = counts.get(("users", "latest"), 0)
-        _merge_items(spark, lake, items.filter("_n = 1"), accepted, run_date)
-        _merge_users(spark, lake, users.filter("_n = 1"), accepted, run_date)
+        with _phase(run_date, "merge items"):
+            _merge_items(spark, lake, items.filter("_n = 1"), accepted, run_date)
+        with _phase(run_date, "merge users"):
+            _merge_users(spark, lake, users.filter("_n = 1"), accepted, run_date)
 
         quarantine = None
         for source in SOURCES:
@@ -659,7 +673,8 @@ def ingest(spark, settings: Settings, run_date: dt.date) -> dict:
                 day.alias("run_date"), F.lit(source).alias("source"), "source_file", "line", "raw", "reason", "detail",
                 now.alias("ingested_at"))
             quarantine = rejected if quarantine is None else quarantine.unionByName(rejected)
-        lake.write_spark(quarantine.coalesce(1), "quarantine", "replace_partition", {"run_date": run_date})
+        with _phase(run_date, "write quarantine"):
+            lake.write_spark(quarantine.coalesce(1), "quarantine", "replace_partition", {"run_date": run_date})
     finally:
         for df in cached:
             df.unpersist()
