@@ -105,8 +105,11 @@ def main() -> None:
     parser.add_argument("--tile", type=int, default=SCORE_TILE_USERS, help="rows per matrix product")
     parser.add_argument("--sweep", action="store_true", help="first time bare and kernel at several tile sizes")
     parser.add_argument("--sweep-users", type=int, default=20_000)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--output", default=str(RESULTS))
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     lines = [f"# Score kernel speed ({dt.date.today().isoformat()})", "",
              f"Command: `.venv/bin/python bench/score_speed.py {' '.join(os.sys.argv[1:])}`".rstrip(), "",

@@ -206,11 +206,14 @@ def report(res: dict, args, command: str) -> str:
         "",
         "## Training time (train stage wall time, test days)",
         "",
+        f"Bootstrap day {days[0]} (not counted below: both chains train from scratch there): "
+        f"warm chain {train_s['warm'][0]:.1f}s ({modes['warm'][0]}), full chain {train_s['full'][0]:.1f}s ({modes['full'][0]}).",
+        "",
         "| chain | median per day (s) | sum (s) | modes |",
         "|---|---:|---:|---|",
     ]
     for c in CHAINS:
-        mode_counts = pd.Series(modes[c]).value_counts().to_dict()
+        mode_counts = pd.Series(modes[c][test]).value_counts().to_dict()
         lines.append(f"| {c} | {med[c]:.1f} | {tot[c]:.1f} | {', '.join(f'{k}×{v}' for k, v in mode_counts.items())} |")
     lines += [
         "",

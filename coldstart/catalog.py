@@ -198,8 +198,25 @@ EVALUATION = Table(
     partition_by=("run_date",),
 )
 
+EVALUATION_USERS = Table(
+    "evaluation_users",
+    "Per-user values behind evaluation's means (for paired bootstrap intervals between methods).",
+    pa.schema([
+        col("run_date", pa.date32(), "Night that evaluated (partition).", nullable=False),
+        col("method", pa.string(), "model or a baseline name.", nullable=False),
+        col("slice", pa.string(), "all, cold_users, warm_users, cold_items, cold_only.", nullable=False),
+        col("metric", pa.string(), "recall, ndcg.", nullable=False),
+        col("k", pa.int32(), "Cut-off.", nullable=False),
+        col("user_id", pa.string(), "Target user.", nullable=False),
+        col("value", pa.float64(), "The user's metric value.", nullable=False),
+    ]),
+    key=("run_date", "method", "slice", "metric", "k", "user_id"),
+    partition_by=("run_date",),
+)
+
 TABLES: dict[str, Table] = {t.name: t for t in (
     INTERACTIONS, QUARANTINE, INGEST_AUDIT, ITEMS, USERS, ENTITY_EMBEDDINGS, MODEL_REGISTRY, RECOMMENDATIONS, EVALUATION,
+    EVALUATION_USERS,
 )}
 
 

@@ -10,6 +10,9 @@ Protocol (per run date D):
 
 Methods: the model's lists as written by score(D-1), and, when ``baselines`` is on, baselines fitted
 on the events up to D-1 and ranked under the same exclusions (see :mod:`coldstart.baselines`).
+
+Writes ``evaluation`` (means per method, slice, metric, K) and ``evaluation_users`` (the per-user
+values, for paired bootstrap intervals), both replacing partition run_date=D, then the HTML report.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from coldstart.catalog import EVALUATION, EVALUATION_USERS
 from coldstart.config import Settings
 from coldstart.features import interactions
 from coldstart.lake import Lake
@@ -118,22 +122,29 @@ def evaluate(spark, settings: Settings, run_date: dt.date, baselines: bool | Non
     lake = Lake.from_settings(settings)
     list_date = run_date - dt.timedelta(days=1)
     lists, version = model_lists(lake, list_date)
-    if not lists:
-        log.warning("evaluate %s: no recommendations for %s; nothing to evaluate", run_date, list_date)
-        lake.replace_partition("evaluation", pa.Table.from_pylist([], schema=lake_schema()), run_date=run_date)
-        return {"methods": [], "users": 0}
-    t = targets(lake, run_date)
-    results = {"model": per_user_metrics(lists, t)}
-    if settings.baselines if baselines is None else baselines:
-        from coldstart.baselines import baseline_lists
+    results: dict[str, pd.DataFrame] = {}
+    t = None
+    if lists:
+        t = targets(lake, run_date)
+        results["model"] = per_user_metrics(lists, t)
+        if settings.baselines if baselines is None else baselines:
+            from coldstart.baselines import baseline_lists
 
-        for name, b_lists in baseline_lists(spark, lake, settings, list_date, t.users, t.consumed,
-                                            k=max(KS)).items():
-            results[name] = per_user_metrics(b_lists, t)
+            for name, b_lists in baseline_lists(spark, lake, settings, list_date, t.users, t.consumed,
+                                                k=max(KS)).items():
+                results[name] = per_user_metrics(b_lists, t)
+    else:
+        log.warning("evaluate %s: no recommendations for %s; nothing to evaluate", run_date, list_date)
     rows = []
     for method, per_user in results.items():
         rows.extend(summarise(per_user, run_date, method, version))
-    lake.replace_partition("evaluation", pa.Table.from_pylist(rows, schema=lake_schema()), run_date=run_date)
+    lake.replace_partition("evaluation", pa.Table.from_pylist(rows, schema=EVALUATION.schema), run_date=run_date)
+    lake.replace_partition("evaluation_users", _user_rows(results, run_date), run_date=run_date)
+    from coldstart.report import write_report
+
+    write_report(settings)
+    if not results:
+        return {"methods": [], "users": 0}
     headline = {m: next((r["value"] for r in rows if r["method"] == m and r["slice"] == "all" and r["metric"] == "recall"
                          and r["k"] == 20), None) for m in results}
     log.info("evaluate %s: %d target users; recall@20 %s", run_date, len(t.users),
@@ -141,6 +152,9 @@ def evaluate(spark, settings: Settings, run_date: dt.date, baselines: bool | Non
     return {"methods": list(results), "users": len(t.users), "recall@20": headline}
 
 
-def lake_schema() -> pa.Schema:
-    from coldstart.catalog import EVALUATION
-    return EVALUATION.schema
+def _user_rows(results: dict[str, pd.DataFrame], run_date: dt.date) -> pa.Table:
+    frames = [per_user.assign(method=method) for method, per_user in results.items() if not per_user.empty]
+    if not frames:
+        return EVALUATION_USERS.schema.empty_table()
+    frame = pd.concat(frames, ignore_index=True).assign(run_date=run_date)
+    return pa.Table.from_pandas(frame[EVALUATION_USERS.columns], preserve_index=False)

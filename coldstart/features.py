@@ -23,8 +23,8 @@ def content_vectors(lake: Lake, settings: Settings, entity_type: str) -> dict[st
     """entity_id -> encoder vector for the configured encoder."""
     if not lake.exists("entity_embeddings"):
         return {}
-    expr = (pads.field("entity_type") == entity_type) & (pads.field("encoder") == settings.encoder_name)
-    table = lake.dataset("entity_embeddings").to_table(columns=["entity_id", "embedding", "dim"], filter=expr)
+    table = lake.read_arrow("entity_embeddings", columns=["entity_id", "embedding", "dim"],
+                            filters=[("entity_type", "=", entity_type), ("encoder", "=", settings.encoder_name)])
     if table.num_rows == 0:
         return {}
     dim = int(table.column("dim")[0].as_py())

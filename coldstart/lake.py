@@ -370,6 +370,10 @@ def _filter_expression(filters):
     expr = None
     for column, op, value in filters:
         field = pads.field(column)
+        probe = next(iter(value), None) if op == "in" else value
+        if isinstance(probe, str):
+            # delta-rs merges write strings as string_view, which pyarrow cannot compare with a string scalar
+            field = field.cast(pa.string())
         ops = {"=": lambda: field == value, "==": lambda: field == value, "!=": lambda: field != value,
                "<": lambda: field < value, "<=": lambda: field <= value, ">": lambda: field > value,
                ">=": lambda: field >= value, "in": lambda: field.isin(list(value))}

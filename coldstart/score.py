@@ -10,7 +10,7 @@
   so memory is bounded by the block, not by the number of users;
 * every row has a reason: "similar to <title> you liked" (the recently consumed item whose content
   is closest to the recommended one), "matches your profile", "based on your earlier activity",
-  "popular in <scene>" or "new in the catalogue".
+  "popular in <scene>", "new in the catalogue" or (closing a short fallback list) "in the catalogue".
 
 The top-k kernel computes the scores of a tile of ``SCORE_TILE_USERS`` rows against every item with
 one matrix product, masks consumed items, and selects exactly with a group-max prune: split each
@@ -42,8 +42,9 @@ POPULARITY_HALF_LIFE_DAYS = 3.0
 POPULARITY_OVERALL_PRIOR = 0.01  # weight of overall popularity in a scene's list (ranks items unseen in the scene)
 FRESH_EVERY = 5  # popular-and-fresh fallback: every fifth slot goes to a new item
 REASON_HISTORY = 20  # most recent consumed items considered for "similar to ..."
-TOPK_GROUP = 32  # columns per group of the group-max prune: about sqrt(items / k) at 50k items and k = 50
+TOPK_GROUP = 64  # columns per group of the group-max prune (wide groups: a cheap vectorised max; bench/score_speed.py)
 SCORE_TILE_USERS = 256  # rows per matrix product inside a block (see bench/score_speed.py)
+NOTHING = np.empty(0, dtype=np.int64)
 
 
 class ModelMissingError(RuntimeError):
@@ -65,6 +66,8 @@ def popularity(events: pd.DataFrame, run_date: dt.date, half_life: float = POPUL
 def popular_in_scene(pop: pd.DataFrame, scene: str) -> pd.Series:
     """item_id -> score, best first: the scene's own popularity plus overall popularity as a small prior,
     so that items unseen in the scene (or every item, for a scene nobody used yet) are still ranked."""
+    if pop.empty:
+        return pd.Series(dtype=np.float64, name="score", index=pd.Index([], name="item_id", dtype=object))
     overall = pop.groupby("item_id")["score"].sum()
     in_scene = pop.loc[pop["scene"] == scene].set_index("item_id")["score"]
     ranked = (POPULARITY_OVERALL_PRIOR * overall).add(in_scene, fill_value=0.0).rename("score")
@@ -114,9 +117,10 @@ def select_top_k(scores, k: int):
     groups = width // TOPK_GROUP
     if width % TOPK_GROUP or groups <= 2 * k:
         return torch.topk(scores, k, dim=1)  # too few groups for the prune to save anything
-    grouped = scores.view(n, groups, TOPK_GROUP)
-    best_groups = torch.topk(grouped.amax(dim=2), k, dim=1, sorted=False).indices  # (n, k)
-    candidates = grouped.gather(1, best_groups.unsqueeze(2).expand(n, k, TOPK_GROUP)).view(n, k * TOPK_GROUP)
+    best_groups = torch.topk(scores.view(n, groups, TOPK_GROUP).amax(dim=2), k, dim=1, sorted=False).indices
+    # Whole groups are contiguous runs of TOPK_GROUP scores: copy them as rows of a (n * groups, group) view.
+    rows = (best_groups + torch.arange(n).unsqueeze(1) * groups).view(-1)
+    candidates = scores.view(n * groups, TOPK_GROUP).index_select(0, rows).view(n, k * TOPK_GROUP)
     values, position = torch.topk(candidates, k, dim=1)
     columns = best_groups.gather(1, torch.div(position, TOPK_GROUP, rounding_mode="floor")) * TOPK_GROUP \
         + position % TOPK_GROUP
@@ -165,18 +169,11 @@ def consumed_pairs(lake: Lake, run_date: dt.date) -> pd.DataFrame:
     return interactions(lake, dt.date.min, run_date, ["user_id", "item_id"]).drop_duplicates()
 
 
-def consumed_positions(pairs: pd.DataFrame, users: np.ndarray, item_index: dict) -> list[np.ndarray]:
-    """Per row of ``users`` (a user may repeat, one row per scene): positions of the items they consumed."""
-    user_rows: dict[str, list[int]] = {}
-    for row, user in enumerate(users):
-        user_rows.setdefault(user, []).append(row)
-    pairs = pairs[pairs["user_id"].isin(user_rows) & pairs["item_id"].isin(item_index)]
-    out = [np.empty(0, dtype=np.int64) for _ in users]
-    for user, items in pairs.groupby("user_id")["item_id"]:
-        codes = np.sort(items.map(item_index).to_numpy().astype(np.int64))
-        for row in user_rows[user]:
-            out[row] = codes
-    return out
+def consumed_positions(pairs: pd.DataFrame, item_index: dict) -> dict[str, np.ndarray]:
+    """user_id -> sorted positions (in ``item_index``) of the active items the user consumed."""
+    pairs = pairs[pairs["item_id"].isin(item_index)]
+    codes = pairs["item_id"].map(item_index).to_numpy().astype(np.int64)
+    return {user: np.sort(codes[rows]) for user, rows in pairs.groupby("user_id").indices.items()}
 
 
 def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None) -> dict:
@@ -226,6 +223,7 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     recent = (history.events.sort_values("event_ts", ascending=False).groupby("user_id")["item_id"]
               .apply(lambda s: [item_index[i] for i in s if i in item_index][:REASON_HISTORY]).to_dict())
     popular = popularity(history.events, run_date)
+    consumed_by_user = consumed_positions(consumed, item_index)
     model_rows = pairs[pairs["segment"] != "new"].reset_index(drop=True)
     new_rows = pairs[pairs["segment"] == "new"].reset_index(drop=True)
 
@@ -234,7 +232,7 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
         for start in range(0, len(model_rows), step):
             block = model_rows.iloc[start:start + step]
             user_vecs = user_vectors(ckpt, block["user_id"].to_numpy(), block["scene"].to_numpy(), u_content)
-            block_consumed = consumed_positions(consumed, block["user_id"].to_numpy(), item_index)
+            block_consumed = [consumed_by_user.get(u, NOTHING) for u in block["user_id"]]
             values, positions = top_k_scores(user_vecs, matrix, k, block_consumed)
             yield _model_batch(block, values, positions, recent, content, titles, item_ids, is_new, version, run_date)
         if len(new_rows):
@@ -249,6 +247,7 @@ def _model_batch(block, scores, positions, recent, content, titles, item_ids, is
     import torch
 
     n, k = positions.shape
+    positions = np.where(np.isfinite(scores), positions, 0)  # -inf slots may point into the padding; dropped below
     reasons = np.empty((n, k), dtype=object)
     for row, (user, has_profile) in enumerate(zip(block["user_id"].to_numpy(), block["has_profile"].to_numpy())):
         hist = recent.get(user, [])
@@ -274,14 +273,16 @@ def _model_batch(block, scores, positions, recent, content, titles, item_ids, is
     }, schema=RECOMMENDATIONS.schema)
 
 
-def popular_and_fresh(ranked: pd.Series, fresh: list[str], k: int) -> list[str]:
-    """Mostly the popular items (``ranked``, best first), with a new item in every FRESH_EVERY-th slot."""
+def popular_and_fresh(ranked: pd.Series, fresh: list[str], k: int, others: list[str] = ()) -> list[str]:
+    """Mostly the popular items (``ranked``, best first), with a new item in every FRESH_EVERY-th slot;
+    ``others`` (the rest of the catalogue) only close a list that would otherwise be short of k."""
     popular = iter(ranked.index)
     new = (i for i in fresh if i not in ranked.index)
+    rest = iter(others)
     out: list[str] = []
     while len(out) < k:
         take = next(new, None) if len(out) % FRESH_EVERY == FRESH_EVERY - 1 else None
-        take = take or next(popular, None) or next(new, None)
+        take = take or next(popular, None) or next(new, None) or next(rest, None)
         if take is None:
             break
         out.append(take)
@@ -295,11 +296,13 @@ def _popular_batch(rows, popular, item_index, item_ids, is_new, k, run_date) -> 
     for scene, group in rows.groupby("scene"):
         ranked = popular_in_scene(popular, scene)
         ranked = ranked[ranked.index.isin(item_index)]
-        listed = popular_and_fresh(ranked, fresh, k)
+        others = [i for i, new in zip(item_ids, is_new) if not new and i not in ranked.index]
+        listed = popular_and_fresh(ranked, fresh, k, others)
+        reasons = [f"popular in {scene}" if i in ranked.index else "new in the catalogue" if is_new[item_index[i]]
+                   else "in the catalogue" for i in listed]
         for user in group["user_id"]:
-            for rank, item in enumerate(listed, start=1):
+            for rank, (item, reason) in enumerate(zip(listed, reasons), start=1):
                 out.append({"run_date": run_date, "user_id": user, "scene": scene, "rank": rank, "item_id": item,
                             "score": float(ranked.get(item, 0.0)), "model_version": "popular", "user_segment": "new",
-                            "item_is_new": bool(is_new[item_index[item]]),
-                            "reason": f"popular in {scene}" if item in ranked.index else "new in the catalogue"})
+                            "item_is_new": bool(is_new[item_index[item]]), "reason": reason})
     return pa.RecordBatch.from_pylist(out, schema=RECOMMENDATIONS.schema)

@@ -1,7 +1,8 @@
 """Train stage: warm start from the checkpoint of D-1 (that date, never "latest"), or full/cold.
 
-* warm: load checkpoint D-1 (verified), grow its id tables, fine-tune on day D plus a seeded replay
-  sample of history (``train_replay_sample`` events);
+* warm: load checkpoint D-1 (verified), grow its id tables, fine-tune on day D (all of it but a
+  seeded 5 % held out for the validation metrics) plus a seeded, recency-weighted replay sample of
+  history (``train_replay_sample`` events; the last days almost whole, older days uniformly);
 * full (requested): from scratch on all history up to D;
 * cold: no usable checkpoint of D-1 (missing, or failing its checksum) - from scratch, logged, and
   recorded as ``mode = cold`` in model_registry.
@@ -26,6 +27,10 @@ from coldstart.features import content_vectors, interactions, user_content, wind
 from coldstart.lake import Lake
 
 log = logging.getLogger("coldstart.train")
+
+# Half-life (days) of the replay sample's recency weighting: the last few days are replayed almost
+# whole, older history fills the rest of ``train_replay_sample`` uniformly.
+REPLAY_HALF_LIFE_DAYS = 2.0
 
 
 class NoTrainingDataError(RuntimeError):
@@ -55,31 +60,64 @@ def load_prior(settings: Settings, run_date: dt.date):
         return None, f"checkpoint {path} is unusable: {exc}"
 
 
-def _replay_sample(lake: Lake, settings: Settings, run_date: dt.date, columns: list[str]) -> pd.DataFrame:
-    """A seeded Bernoulli sample of the history before run_date, about train_replay_sample events.
+def _replay_fractions(day_ages: np.ndarray, day_counts: np.ndarray, wanted: int, half_life: float) -> np.ndarray:
+    """Per-day keep probability ``min(1, c * 0.5 ** (age / half_life))`` with ``c`` such that the expected
+    sample size is ``wanted`` (or everything, when history is smaller)."""
+    weights = np.power(0.5, day_ages / half_life)
+    if day_counts.sum() <= wanted:
+        return np.ones(len(day_counts))
+    low, high = 0.0, 1.0 / weights.min()
+    for _ in range(60):  # bisection on the scale; the expected size is monotone in it
+        mid = (low + high) / 2
+        if (np.minimum(1.0, mid * weights) * day_counts).sum() < wanted:
+            low = mid
+        else:
+            high = mid
+    return np.minimum(1.0, high * weights)
 
-    The sample is drawn over events sorted by event_id, so it does not depend on file layout."""
+
+def _replay_sample(lake: Lake, settings: Settings, run_date: dt.date, columns: list[str]) -> pd.DataFrame:
+    """A seeded, recency-weighted Bernoulli sample of the history before run_date, about
+    train_replay_sample events.
+
+    An event of age ``a`` days is kept with probability proportional to ``0.5 ** (a / REPLAY_HALF_LIFE_DAYS)``
+    (capped at 1): the last days are replayed (almost) whole, because tomorrow's users are mostly
+    today's and yesterday's, and the rest of the budget is a uniform sample of older history, so the
+    model does not forget it. The sample is drawn over events sorted by event_id, so it does not
+    depend on file layout."""
     import pyarrow.compute as pc
+    import pyarrow.dataset as pads
 
     wanted = settings.train_replay_sample
     if wanted <= 0 or not lake.exists("interactions"):
         return pd.DataFrame(columns=columns)
-    dataset = lake.dataset("interactions")
-    import pyarrow.dataset as pads
-
-    history = dataset.filter(pads.field("run_date") < run_date)
-    total = history.count_rows()
-    if total == 0:
+    history = lake.dataset("interactions").filter(pads.field("run_date") < run_date)
+    table = history.to_table(columns=list(dict.fromkeys([*columns, "event_id", "run_date"])))
+    if table.num_rows == 0:
         return pd.DataFrame(columns=columns)
-    fraction = min(1.0, wanted / total)
-    table = history.to_table(columns=columns + ["event_id"])
-    if fraction < 1.0:
-        rng = np.random.default_rng([settings.seed, run_date.toordinal()])
-        # Order by event_id first so the sample does not depend on file order.
-        table = table.take(pc.sort_indices(table, [("event_id", "ascending")]))
-        keep = rng.random(table.num_rows) < fraction
-        table = table.filter(pa.array(keep))
-    return table.select(columns).to_pandas()
+    table = table.take(pc.sort_indices(table, [("event_id", "ascending")]))
+    event_days = table.column("run_date").to_numpy(zero_copy_only=False).astype("datetime64[D]")
+    ages = (np.datetime64(run_date, "D") - event_days).astype(np.float64)
+    day_ages, day_codes, day_counts = np.unique(ages, return_inverse=True, return_counts=True)
+    fractions = _replay_fractions(day_ages, day_counts, wanted, REPLAY_HALF_LIFE_DAYS)
+    rng = np.random.default_rng([settings.seed, run_date.toordinal()])
+    keep = rng.random(table.num_rows) < fractions[day_codes]
+    return table.filter(pa.array(keep)).select(columns).to_pandas()
+
+
+def _holdout_of_today(n_replay: int, n_today: int, seed: int, run_date: dt.date) -> np.ndarray | None:
+    """Validation rows of a warm run: a seeded few percent of today's events (the replay rows come
+    first). Only those few are held out - today's events are what a warm run is for, so nearly all
+    of them are trained on. None (the model's default split) when today is too small to split."""
+    from coldstart.model import VALIDATION_FRACTION, VALIDATION_MIN_EVENTS
+
+    if n_today < VALIDATION_MIN_EVENTS:
+        return None
+    mask = np.zeros(n_replay + n_today, dtype=bool)
+    n_val = max(1, int(round(n_today * VALIDATION_FRACTION)))
+    rng = np.random.default_rng([seed, run_date.toordinal(), 1])
+    mask[n_replay + rng.permutation(n_today)[:n_val]] = True
+    return mask
 
 
 def _incompatible(prior, settings: Settings, items: dict) -> str | None:
@@ -109,7 +147,7 @@ def train(spark, settings: Settings, run_date: dt.date, full_retrain: bool = Fal
         today = interactions(lake, run_date, run_date, columns)
         replay = _replay_sample(lake, settings, run_date, columns)
         events = pd.concat([replay, today], ignore_index=True)
-        validation = np.r_[np.zeros(len(replay), bool), np.ones(len(today), bool)] if len(today) >= 50 else None
+        validation = _holdout_of_today(len(replay), len(today), settings.seed, run_date)
     else:
         mode = "full" if full_retrain else "cold"
         if not full_retrain:

@@ -100,8 +100,8 @@ NIGHT_ENV = {"COLDSTART_MODEL_DIM": "16", "COLDSTART_TRAIN_EPOCHS_FULL": "2", "C
 def airflow_night(airflow_db, session_dir):
     """Bootstrap day and the next night through Airflow (dag.test), each stage a spark-submit job.
 
-    The first night names its day (conf.run_date); the second relies on its logical date (the run
-    date is the start of the data interval that ends at it)."""
+    Each night names its day in conf.run_date: dag.test runs the tasks in this process, where one
+    run's conf stays in the DAG's params for the next call."""
     from airflow.dag_processing.dagbag import DagBag
 
     from coldstart.replay import replay
@@ -117,9 +117,8 @@ def airflow_night(airflow_db, session_dir):
         dag = DagBag(dag_folder=str(ROOT / "dags")).dags["coldstart_nightly"]
         first, second = plan.all_days[:2]
         midnight = dt.time(tzinfo=dt.timezone.utc)
-        runs = [dag.test(logical_date=dt.datetime.combine(first + dt.timedelta(days=1), midnight),
-                         run_conf={"run_date": first.isoformat()}),
-                dag.test(logical_date=dt.datetime.combine(second + dt.timedelta(days=1), midnight))]
+        runs = [dag.test(logical_date=dt.datetime.combine(day + dt.timedelta(days=1), midnight),
+                         run_conf={"run_date": day.isoformat()}) for day in (first, second)]
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

@@ -138,7 +138,6 @@ def test_a_night_through_airflow_recommends_for_every_active_user(airflow_night)
     assert set(recs.user_id) == set(users.user_id)  # every known user is active in a 2-day slice
     registry = lake.read_pandas("model_registry").sort_values("run_date")
     assert list(registry["mode"]) == ["cold", "warm"]
-    assert registry["run_date"].tolist() == plan.all_days[:2]  # the second night's date came from its logical date
 
 
 # --- failures ----------------------------------------------------------------------------------

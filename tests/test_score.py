@@ -1,0 +1,193 @@
+"""Score stage on a hand-made lake (who gets which list, exclusions, scenes, reasons) and its top-k kernel."""
+
+import datetime as dt
+
+import numpy as np
+import pytest
+import torch
+
+from coldstart.lake import Lake
+from coldstart.score import ItemMatrix, popular_and_fresh, score, select_top_k, top_k_scores
+from tests.lake_builders import topic_vector, write_embeddings, write_events, write_items, write_users
+
+D = dt.date(2024, 1, 10)
+OLD = dt.date(2023, 10, 1)  # outside the 30-day active window of D
+DIM = 8
+ITEMS_A = [f"a{i}" for i in range(6)]
+ITEMS_B = [f"b{i}" for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A lake with every kind of user and item the score stage distinguishes, and a model trained on it."""
+    from coldstart.train import train
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path_factory.mktemp("score"), top_k=50, train_epochs_full=2)
+    lake = Lake.from_settings(settings)
+    rng = np.random.default_rng(0)
+    day1, day2 = D - dt.timedelta(days=2), D - dt.timedelta(days=1)
+    items = [{"item_id": i, "title": f"Title {i}", "first_seen": OLD, "first_interaction": OLD} for i in ITEMS_A + ITEMS_B]
+    items += [{"item_id": "a_new", "title": "Fresh A", "first_seen": D},            # catalog row today, no interaction
+              {"item_id": "a_retired", "title": "Gone", "first_seen": OLD, "active": False, "first_interaction": OLD},
+              {"item_id": "a_future", "title": "Tomorrow", "first_seen": D + dt.timedelta(days=1)}]
+    write_items(lake, items)
+    vectors = {i: topic_vector(0 if i.startswith("a") else 1, DIM, rng) for i in [r["item_id"] for r in items]}
+    write_embeddings(lake, settings.encoder_name, "item", vectors, D)
+    write_embeddings(lake, settings.encoder_name, "user", {"u_profile": topic_vector(0, DIM, rng)}, D)
+
+    events = []
+    events += [("u_warm", i, "home", day1) for i in ITEMS_A[:4]] + [("u_warm", i, "home", day2) for i in ITEMS_A[:4]]
+    events += [("u_warm", "a4", "search", day2), ("u_warm", "a_retired", "search", day2)]
+    events += [("u_cold", "b0", "search", day2), ("u_cold", "b1", "search", day2)]
+    events += [("u_hist_old", "b2", "home", OLD)]
+    for n in range(6):  # a crowd so that the model learns the two topics
+        topic = ITEMS_A if n % 2 == 0 else ITEMS_B
+        events += [(f"u_crowd{n}", i, "home", day1) for i in topic[:5]]
+    write_events(lake, events)
+    users = [{"user_id": u, "first_seen": OLD, "last_seen": day2} for u in
+             ["u_warm", "u_cold"] + [f"u_crowd{n}" for n in range(6)]]
+    users += [{"user_id": "u_profile", "first_seen": D, "last_seen": D, "profile_text": "likes topic a"},
+              {"user_id": "u_today", "first_seen": D, "last_seen": D},
+              {"user_id": "u_new", "first_seen": D, "last_seen": D},
+              {"user_id": "u_hist_old", "first_seen": OLD, "last_seen": D},     # empty profile row today
+              {"user_id": "u_gone", "first_seen": OLD, "last_seen": OLD}]       # not seen for months: inactive
+    write_users(lake, users)
+    write_events(lake, [("u_today", "a5", "home", D)])  # today's partition: a first-time user
+    registry = train(None, settings, D)
+    score(None, settings, D)
+    recs = lake.read_pandas("recommendations", filters=[("run_date", "=", D)])
+    return settings, lake, registry, recs
+
+
+def test_every_active_user_gets_a_list_and_the_right_segment(world):
+    settings, lake, registry, recs = world
+    segments = recs.groupby("user_id")["user_segment"].agg(set).to_dict()
+    assert "u_gone" not in segments
+    assert segments["u_warm"] == {"warm"} and segments["u_cold"] == {"cold"} and segments["u_new"] == {"new"}
+    assert segments["u_profile"] == {"cold"} and segments["u_hist_old"] == {"cold"}
+    assert all(segments[f"u_crowd{n}"] == {"cold"} for n in range(6)) and segments["u_today"] == {"cold"}
+
+
+def test_only_users_without_history_or_profile_get_the_popular_and_fresh_list(world):
+    settings, lake, registry, recs = world
+    versions = recs.groupby("user_id")["model_version"].agg(set).to_dict()
+    assert versions.pop("u_new") == {"popular"}
+    assert all(v == {registry["model_version"]} for v in versions.values())
+    new = recs[recs.user_id == "u_new"].sort_values("rank")
+    assert set(new.reason) == {"popular in default", "new in the catalogue", "in the catalogue"}
+    assert new[new.reason == "in the catalogue"].item_id.tolist() == ["b5"]  # nobody used it: closes the list
+    assert new.iloc[4].item_id == "a_new" and new.iloc[4].reason == "new in the catalogue"  # every fifth slot is fresh
+
+
+def test_profile_only_user_is_scored_from_the_profile(world):
+    from coldstart.features import content_vectors
+    from coldstart.model import Checkpoint, item_vectors, user_vectors
+
+    settings, lake, registry, recs = world
+    mine = recs[recs.user_id == "u_profile"].sort_values("rank")
+    assert set(mine.reason) == {"matches your profile"}
+    ckpt = Checkpoint.load(registry["checkpoint_uri"])
+    profile = content_vectors(lake, settings, "user")
+    items = list(mine.item_id)
+    V, bias = item_vectors(ckpt, items, content_vectors(lake, settings, "item"))
+    expected = user_vectors(ckpt, ["u_profile"], ["default"], profile)[0] @ V.T + bias
+    assert np.allclose(mine.score, expected, rtol=1e-4, atol=1e-5)
+    without = user_vectors(ckpt, ["u_profile"], ["default"], {})[0] @ V.T + bias
+    assert not np.allclose(expected, without)  # the profile changed the scores
+    old = recs[recs.user_id == "u_hist_old"]
+    assert set(old.reason) == {"based on your earlier activity"} and "b2" not in set(old.item_id)
+
+
+def test_lists_hold_active_unconsumed_items_only_new_ones_included(world):
+    settings, lake, registry, recs = world
+    consumed = lake.read_pandas("interactions", columns=["user_id", "item_id"]).drop_duplicates()
+    assert recs.merge(consumed, on=["user_id", "item_id"]).empty
+    assert not {"a_retired", "a_future"} & set(recs.item_id)
+    active = set(ITEMS_A + ITEMS_B + ["a_new"])
+    for (user, scene), group in recs.groupby(["user_id", "scene"]):
+        mine = set(consumed.loc[consumed.user_id == user, "item_id"])
+        assert set(group.item_id) == active - mine, user  # top_k 50 > catalogue: everything unconsumed
+        assert list(group.sort_values("rank")["rank"]) == list(range(1, len(group) + 1))
+        if group.model_version.iloc[0] != "popular":
+            assert group.sort_values("rank").score.is_monotonic_decreasing
+    flags = recs.drop_duplicates("item_id").set_index("item_id")["item_is_new"]
+    assert flags["a_new"] and not flags[["a0", "b0"]].any()
+
+
+def test_reasons_name_a_consumed_item(world):
+    settings, lake, registry, recs = world
+    warm = recs[recs.user_id == "u_warm"]
+    titles = {f"similar to Title {i} you liked" for i in ITEMS_A[:5]} | {"similar to Gone you liked"}
+    assert set(warm.reason) <= titles and warm.reason.notna().all()
+
+
+def test_scene_is_the_most_frequent_recent_one_and_more_by_setting(world, tmp_path):
+    settings, lake, registry, recs = world
+    scenes = recs.groupby("user_id")["scene"].agg(set).to_dict()
+    assert scenes["u_warm"] == {"home"} and scenes["u_cold"] == {"search"} and scenes["u_profile"] == {"default"}
+    two = settings.replace(scenes_per_user=2, top_k=3)
+    score(None, two, D)
+    again = lake.read_pandas("recommendations", filters=[("run_date", "=", D)])
+    assert set(again.loc[again.user_id == "u_warm", "scene"]) == {"home", "search"}
+    assert again.groupby(["user_id", "scene"]).size().max() == 3
+    score(None, settings, D)  # back to the module's lists for the other tests
+
+
+def test_rerun_and_block_size_change_nothing(world):
+    settings, lake, registry, recs = world
+    score(None, settings.replace(score_block_users=2), D)
+    again = lake.read_pandas("recommendations", filters=[("run_date", "=", D)])
+    key = ["user_id", "scene", "rank"]
+    cols = ["user_id", "scene", "rank", "item_id", "user_segment", "reason"]
+    assert len(again) == len(recs)
+    assert again.sort_values(key)[cols].reset_index(drop=True).equals(recs.sort_values(key)[cols].reset_index(drop=True))
+    assert np.allclose(again.sort_values(key).score, recs.sort_values(key).score, rtol=1e-5)
+
+
+@pytest.mark.parametrize("items,k,tile", [(5000, 50, 64), (300, 20, 7), (37, 10, 3), (5, 10, 2)])
+def test_kernel_equals_torch_topk_with_exclusions(items, k, tile):
+    rng = np.random.default_rng(items)
+    users = 40
+    V = rng.standard_normal((items, 16)).astype(np.float32)
+    bias = rng.standard_normal(items).astype(np.float32)
+    U = rng.standard_normal((users, 16)).astype(np.float32)
+    consumed = [np.sort(rng.choice(items, size=rng.integers(0, items), replace=False)) for _ in range(users)]
+    values, positions = top_k_scores(U, ItemMatrix(V, bias), k, consumed, tile=tile)
+    full = torch.from_numpy(U @ V.T + bias)
+    for row, cols in enumerate(consumed):
+        full[row, torch.from_numpy(cols)] = float("-inf")
+    ref = torch.topk(full, min(k, items), dim=1)
+    assert np.allclose(values, ref.values.numpy(), rtol=1e-5, atol=1e-5)
+    finite = np.isfinite(values)
+    assert (finite.sum(1) == np.minimum(k, items - np.array([len(c) for c in consumed]))).all()
+    for row in range(users):
+        got = positions[row][finite[row]]
+        assert len(set(got)) == len(got) and not set(got) & set(consumed[row]) and (got < items).all()
+        assert np.allclose(full[row, torch.from_numpy(got)].numpy(), values[row][finite[row]], rtol=1e-5, atol=1e-5)
+
+
+def test_group_prune_is_exact_with_ties():
+    scores = torch.zeros(3, 64 * 200)
+    scores[0, ::7] = 1.0           # many ties at the top
+    scores[1, :] = float("-inf")   # nothing left
+    scores[2, 5000] = 2.0
+    values, columns = select_top_k(scores, 50)
+    assert (values[0] == 1.0).all() and (columns[0] % 7 == 0).all()
+    assert torch.isinf(values[1]).all()
+    assert values[2, 0] == 2.0 and columns[2, 0] == 5000 and (values[2, 1:] == 0).all()
+
+
+def test_kernel_rejects_mismatched_inputs():
+    with pytest.raises(ValueError, match="do not match"):
+        ItemMatrix(np.zeros((3, 4), np.float32), np.zeros(2, np.float32))
+    with pytest.raises(ValueError, match="consumed has 1 rows for 2 users"):
+        top_k_scores(np.zeros((2, 4), np.float32), ItemMatrix(np.zeros((3, 4)), np.zeros(3)), 2, [np.empty(0)])
+
+
+def test_popular_and_fresh_puts_a_new_item_in_every_fifth_slot():
+    import pandas as pd
+
+    ranked = pd.Series([5.0, 4, 3, 2, 1, 0.5], index=list("pqrstu"))
+    assert popular_and_fresh(ranked, ["n1", "n2", "p"], 8) == ["p", "q", "r", "s", "n1", "t", "u", "n2"]
+    assert popular_and_fresh(ranked.iloc[:0], ["n1"], 3, ["x", "y", "z"]) == ["n1", "x", "y"]

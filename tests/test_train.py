@@ -1,0 +1,52 @@
+"""The train stage: what a warm night trains on (today's events + a recency-weighted replay sample)."""
+
+import datetime as dt
+import json
+
+import numpy as np
+
+from coldstart.lake import Lake
+
+
+def test_replay_fractions_hit_the_budget_and_favour_recent_days():
+    from coldstart.train import _replay_fractions
+
+    ages = np.array([1.0, 2.0, 3.0, 10.0])
+    counts = np.array([1400, 1400, 1400, 80000])
+    fractions = _replay_fractions(ages, counts, 20000, half_life=2.0)
+    assert abs((fractions * counts).sum() - 20000) < 1
+    assert np.all(np.diff(fractions) <= 0) and fractions[0] > fractions[-1]
+    assert fractions.max() <= 1.0
+    # a budget larger than the history replays all of it
+    assert np.array_equal(_replay_fractions(ages, counts, 10**6, half_life=2.0), np.ones(4))
+
+
+def test_replay_sample_is_seeded_sized_and_recent_first(tiny_run):
+    from coldstart.train import _replay_sample
+
+    settings, plan, days, _ = tiny_run
+    lake = Lake.from_settings(settings)
+    columns = ["user_id", "item_id", "scene", "value", "event_type", "run_date"]
+    history = lake.read_pandas("interactions", columns=columns, filters=[("run_date", "<", days[2])])
+    budget = len(history) // 4
+    small = settings.replace(train_replay_sample=budget)
+    sample = _replay_sample(lake, small, days[2], columns)
+    again = _replay_sample(lake, small, days[2], columns)
+    assert sample.equals(again)
+    assert 0.5 * budget < len(sample) < 1.5 * budget
+    kept = sample.groupby("run_date").size() / history.groupby("run_date").size()
+    assert kept.get(days[1], 0.0) > kept.get(days[0], 0.0)
+    assert len(_replay_sample(lake, settings.replace(train_replay_sample=0), days[2], columns)) == 0
+
+
+def test_warm_night_trains_on_todays_events(tiny_run):
+    settings, plan, days, _ = tiny_run
+    lake = Lake.from_settings(settings)
+    registry = lake.read_pandas("model_registry").sort_values("run_date")
+    warm = registry[registry["mode"] == "warm"].iloc[-1]
+    metrics = json.loads(warm["metrics"])
+    today = len(lake.read_pandas("interactions", columns=["event_id"], filters=[("run_date", "=", warm["run_date"])]))
+    # only a few percent of today's events are held out for validation; the rest is trained on
+    assert metrics["n_train"] + metrics["n_val"] == metrics["events"]
+    assert metrics["n_val"] <= max(1, round(0.05 * today))
+    assert warm["run_date"] - dt.timedelta(days=1) == registry.iloc[-2]["run_date"]
