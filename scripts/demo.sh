@@ -38,7 +38,7 @@ done
 
 echo
 echo "==> tables (Delta) under $COLDSTART_LAKE:"
-for t in "$COLDSTART_LAKE"/*/; do echo "    $(basename "$t")"; done
+for t in "$COLDSTART_LAKE"/[!_]*/; do echo "    $(basename "$t")"; done
 echo
 echo "==> ingest audit:"
 coldstart -q sql "SELECT run_date, source, files, rows_read, rows_accepted, rows_quarantined, rows_duplicate FROM ingest_audit ORDER BY run_date, source"

@@ -8,6 +8,7 @@ once per session and shared by the tests that read their outputs.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import subprocess
 import sys
@@ -37,6 +38,8 @@ for key in [k for k in os.environ if k.startswith("COLDSTART_") and k != "COLDST
     del os.environ[key]
 
 START = dt.date(2024, 1, 1)
+# py4j logs from __del__ at interpreter exit, after pytest closed the streams.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 
 def make_settings(root: Path, **overrides):
