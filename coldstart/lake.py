@@ -114,42 +114,44 @@ class Lake:
         return pa.Table.from_arrays(arrays, schema=spec.schema)
 
     # --- small (driver-side) writes -----------------------------------------------------------
-    def replace_partition(self, name: str, data: pa.Table, **partition) -> None:
+    def replace_partition(self, name: str, data: pa.Table, **partition) -> int:
         """Atomically replace one partition (e.g. run_date=D) with data: a rerun replaces, never duplicates."""
-        spec = catalog_table(name)
-        self._check_partition_spec(spec, partition)
-        data = self.conform(name, data)
-        for column, value in partition.items():
-            values = data.column(column).unique().to_pylist()
-            if any(v != value for v in values):
-                raise SchemaMismatchError(f"table {name}: rows with {column} other than {value} in a write of that partition")
-        self.ensure(name)
-        predicate = " AND ".join(f"{c} = '{_partition_text(v)}'" for c, v in partition.items())
-        write_deltalake(self.uri(name), data, mode="overwrite", predicate=predicate, partition_by=list(spec.partition_by),
-                        storage_options=self.storage_options)
-        log.info("%s: replaced partition %s with %d rows", name, predicate, data.num_rows)
+        return self.replace_partition_stream(name, data.to_batches(), **partition)
 
     def replace_partition_stream(self, name: str, batches: Iterable[pa.RecordBatch], **partition) -> int:
-        """Like replace_partition, but streams record batches (memory bounded by one batch); one commit."""
+        """Replace one partition with streamed record batches (memory bounded by one batch), in one commit."""
         spec = catalog_table(name)
         self._check_partition_spec(spec, partition)
         self.ensure(name)
         count = 0
+        rejected: SchemaMismatchError | None = None
 
         def checked() -> Iterable[pa.RecordBatch]:
-            nonlocal count
+            nonlocal count, rejected
             for batch in batches:
-                for column, value in partition.items():
-                    if any(v != value for v in batch.column(column).unique().to_pylist()):
-                        raise SchemaMismatchError(f"table {name}: rows with {column} other than {value}")
-                count += batch.num_rows
-                yield from self.conform(name, batch).to_batches()
+                try:
+                    conformed = self.conform(name, batch)
+                    for column, value in partition.items():
+                        if any(v != value for v in conformed.column(column).unique().to_pylist()):
+                            raise SchemaMismatchError(
+                                f"table {name}: rows with {column} other than {value} in a write of that partition")
+                except SchemaMismatchError as exc:
+                    rejected = exc
+                    raise
+                count += conformed.num_rows
+                yield from conformed.to_batches()
 
         reader = pa.RecordBatchReader.from_batches(spec.schema, checked())
-        predicate = " AND ".join(f"{c} = '{_partition_text(v)}'" for c, v in partition.items())
-        write_deltalake(self.uri(name), reader, mode="overwrite", predicate=predicate, partition_by=list(spec.partition_by),
-                        storage_options=self.storage_options)
-        log.info("%s: replaced partition %s with %d rows (streamed)", name, predicate, count)
+        predicate = _partition_predicate(partition)
+        try:
+            write_deltalake(self.uri(name), reader, mode="overwrite", predicate=predicate,
+                            partition_by=list(spec.partition_by), storage_options=self.storage_options)
+        except Exception:
+            if rejected is not None:  # delta-rs wraps errors raised while reading the stream; give the caller ours
+                raise rejected from None
+            raise
+        log.info("%s: replaced partition %s with %d rows", name, predicate, count)
+        return count
         return count
 
     def merge(self, name: str, data: pa.Table, preserve: Iterable[str] = (), combine: Mapping[str, str] | None = None) -> dict:
@@ -305,7 +307,7 @@ class Lake:
         self.ensure(name)
         kwargs = {}
         if mode == "replace_partition":
-            kwargs["predicate"] = " AND ".join(f"{c} = '{_partition_text(v)}'" for c, v in partition.items())
+            kwargs["predicate"] = _partition_predicate(partition)
         write_deltalake(self.uri(name), reader, mode="overwrite" if mode != "append" else "append",
                         partition_by=list(spec.partition_by) or None, storage_options=self.storage_options, **kwargs)
         return self.table(name).count()
@@ -342,6 +344,10 @@ class Lake:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+def _partition_predicate(partition: Mapping) -> str:
+    return " AND ".join(f"{c} = '{_partition_text(v)}'" for c, v in partition.items())
+
+
 def _unquote(path: str) -> str:
     from urllib.parse import unquote
     return unquote(path)
