@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from coldstart.config import Settings  # noqa: E402
+from coldstart.report import paired_bootstrap  # noqa: E402
 
 log = logging.getLogger("bench.transfer")
 
@@ -109,23 +110,7 @@ def baseline_per_user(spark, settings: Settings, list_date: dt.date, t, all_base
 
 def recall_rows(per_user: pd.DataFrame, day: dt.date, method: str) -> pd.DataFrame:
     rows = per_user[(per_user["metric"] == "recall") & (per_user["k"] == K)]
-    return rows.assign(day=day, method=method)[["day", "method", "user_id", "slice", "value"]]
-
-
-def paired_bootstrap(recalls: pd.DataFrame, a: str, b: str, slice_: str, n_resamples: int, seed: int) -> dict:
-    """Mean of (a - b) over the user-days both have, and its percentile 95 % interval."""
-    part = recalls[recalls["slice"] == slice_]
-    wide = part.pivot_table(index=["day", "user_id"], columns="method", values="value", aggfunc="first")
-    wide = wide[[a, b]].dropna()
-    diff = (wide[a] - wide[b]).to_numpy()
-    if len(diff) == 0:
-        return {"n": 0, "mean": float("nan"), "low": float("nan"), "high": float("nan")}
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_resamples)
-    for r in range(n_resamples):  # a loop, not an (R, n) matrix: bounded memory for any n
-        means[r] = diff[rng.integers(0, len(diff), len(diff))].mean()
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"n": int(len(diff)), "mean": float(diff.mean()), "low": float(low), "high": float(high)}
+    return rows.assign(run_date=day, method=method)[["run_date", "method", "user_id", "slice", "value"]]
 
 
 def run(args) -> dict:
@@ -181,9 +166,11 @@ def report(res: dict, args, command: str) -> str:
     tot = {c: sum(train_s[c][test]) for c in CHAINS}
     methods = list(dict.fromkeys(recalls["method"]))
     means = recalls.groupby(["method", "slice"])["value"].agg(["mean", "size"])
-    boot = paired_bootstrap(recalls, "warm", "full", "all", args.resamples, args.seed)
-    vs_pop = {sl: paired_bootstrap(recalls, "warm", "popularity", sl, args.resamples, args.seed)
-              for sl in ("all", "cold_items")}
+    def boot_slice(a: str, b: str, slice_: str) -> dict:
+        return paired_bootstrap(recalls[recalls["slice"] == slice_], a, b, args.resamples, args.seed)
+
+    boot = boot_slice("warm", "full", "all")
+    vs_pop = {sl: boot_slice("warm", "popularity", sl) for sl in ("all", "cold_items")}
     ratio = tot["warm"] / tot["full"] if tot["full"] else float("nan")
     contains_zero_or_warm = boot["high"] >= 0
     target_met = contains_zero_or_warm and ratio <= 1 / 3
@@ -242,7 +229,7 @@ def report(res: dict, args, command: str) -> str:
     ]
     for sl, b in vs_pop.items():
         lines.append(f"| warm − popularity | {sl} | {b['n']} | {b['mean']:+.4f} | [{b['low']:+.4f}, {b['high']:+.4f}] |")
-    daily = recalls[recalls["slice"] == "all"].groupby(["day", "method"])["value"].mean().unstack()
+    daily = recalls[recalls["slice"] == "all"].groupby(["run_date", "method"])["value"].mean().unstack()
     lines += [
         "",
         f"Target (interval contains zero or favours warm, at ≤ 1/3 of full's training time): "

@@ -56,7 +56,7 @@ class Settings:
     encoder_threads: int = _doc("torch threads per Spark Python worker; 0 = cores / concurrent tasks (oversubscribed threads spin).", 0)
     # --- model ---------------------------------------------------------------------------
     model_dim: int = _doc("Dimension of the user and item towers' output.", 64)
-    train_epochs_warm: int = _doc("Epochs of fine-tuning from yesterday's checkpoint.", 2)
+    train_epochs_warm: int = _doc("Epochs of fine-tuning from yesterday's checkpoint (bench/results/quality.md).", 3)
     train_epochs_full: int = _doc("Epochs of a full (or cold) retrain.", 6)
     train_replay_sample: int = _doc("Events of history replayed with each day's data in warm training.", 50000)
     train_batch_size: int = _doc("Training batch size.", 1024)

@@ -67,6 +67,16 @@ def load_history(lake: Lake, settings: Settings, run_date: dt.date) -> History:
     return History(events)
 
 
+HISTORY_ITEMS = 100  # latest distinct items per user pooled by the model's user tower (bounds its cost)
+
+
+def latest_items(events: pd.DataFrame, per_user: int = HISTORY_ITEMS) -> pd.DataFrame:
+    """(user_id, item_id): each user's ``per_user`` most recently used distinct items (the model's pooled history)."""
+    latest = events.sort_values(["user_id", "event_ts", "item_id"], ascending=[True, False, True], kind="stable")
+    latest = latest.drop_duplicates(["user_id", "item_id"])
+    return latest.groupby("user_id", sort=False).head(per_user)[["user_id", "item_id"]].reset_index(drop=True)
+
+
 def user_content(history: pd.DataFrame, items: dict[str, np.ndarray], profiles: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     from coldstart.model import pool_user_content
 

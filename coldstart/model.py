@@ -3,9 +3,23 @@
 P(interact | user X, item Y, scene Z) = sigma(<u(X, Z), v(Y)> + b(Y))
 
 * **user tower** ``u``: MLP over [user content vector (pooled history + profile), user id embedding,
-  scene embedding];
+  scene embedding, pooled history embedding]; the pooled history embedding is the mean of a second
+  item table (``item_hist``) over the user's recent items (FISM-style): item-to-item collaborative
+  signal that a user trained on no event yet (new today) or a light one still gets from history;
+  in training the event's own item is left out of the mean;
 * **item tower** ``v``: MLP over [item encoder vector, item id embedding]; the item bias is
-  ``b(Y) = w . content(Y) + id_bias[Y]``.
+  ``b(Y) = w . content(Y) + id_bias[Y] + state(Y, day)``.
+
+Item state on a day (:meth:`InterestModel.state_term`): ``fresh_bias * fresh(Y) + pop_weight * pop(Y)``.
+``fresh(Y)`` is 1 when item Y is in the catalogue but had no interaction before that day; ``pop(Y)``
+is ``log1p`` of the item's interactions on the previous days, each day's count halved every
+``POPULARITY_HALF_LIFE_DAYS`` days of age (:func:`recent_popularity`). The day is the event's day in
+training and the day a list is served in scoring (the day after the run date). New arrivals draw
+attention of their own (a release, a launch) and what is popular this week is not what was popular
+last month: neither the id tables (a new item has none, and they learn from all of history) nor the
+content vector can know either. Training sees the state only when :class:`TrainingData` carries the
+event days and the items' dates and daily counts; the first day of history (a bulk bootstrap, where
+every item "debuts" and nothing came before) carries no state.
 
 Scoring all users against all items is therefore a matrix product:
 ``user_vectors(...) @ item_vectors(...)[0].T + item_vectors(...)[1]`` is exactly the logit the model
@@ -63,7 +77,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -77,6 +91,7 @@ __all__ = [
     "InterestModel",
     "Checkpoint",
     "pool_user_content",
+    "recent_popularity",
     "grow",
     "train",
     "user_vectors",
@@ -85,7 +100,8 @@ __all__ = [
 
 log = logging.getLogger("coldstart.model")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: item state (fresh_bias, pop_weight), item_hist
+POPULARITY_HALF_LIFE_DAYS = 3.0     # age (days) at which a day's interactions count half in pop(Y)
 DEFAULT_CONTENT_DIM = 384
 NEGATIVES_PER_POSITIVE = 4          # weight of the negatives' mean loss relative to the positives'
 NEGATIVES_PER_BATCH = 512           # shared uniform negatives scored against every user of a batch
@@ -241,6 +257,14 @@ class TrainingData:
     cover every item of the prior's index too (they are the negatives); missing vectors are zeros.
     ``validation_mask`` (optional, bool, len n): the rows to hold out for the metrics (e.g. the
     newest day's events in a warm run); default: a deterministic random 5 % (at most 5000).
+    ``history_user_ids`` / ``history_item_ids`` (optional, paired): each user's recent items, pooled
+    by the user tower; default: the (user, item) pairs of the data itself.
+    Item state (optional, all of them or none): ``event_days`` (int, days since 1970-01-01, per
+    event), ``item_first_seen`` and ``item_first_interaction`` (``item_id -> day``; an item missing
+    from the latter had no interaction yet) and ``item_day_counts`` (columns item_id, day, count:
+    interactions per item and day, covering the days before the events). Events on or before
+    ``fresh_from`` (the first day of history) carry no state; a sampled negative is only scored on
+    days its catalogue row existed.
     """
 
     user_ids: np.ndarray
@@ -250,6 +274,13 @@ class TrainingData:
     item_content: ContentLike
     user_content: ContentLike
     validation_mask: np.ndarray | None = None
+    event_days: np.ndarray | None = None
+    item_first_seen: Mapping[str, int] | None = None
+    item_first_interaction: Mapping[str, int] | None = None
+    fresh_from: int | None = None
+    item_day_counts: pd.DataFrame | None = None
+    history_user_ids: np.ndarray | None = None
+    history_item_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.user_ids = _as_str_array(self.user_ids)
@@ -265,6 +296,12 @@ class TrainingData:
             self.validation_mask = np.asarray(self.validation_mask, dtype=bool).reshape(-1)
             if len(self.validation_mask) != n:
                 raise ValueError("validation_mask must have the same length as user_ids")
+        if self.event_days is not None:
+            self.event_days = np.asarray(self.event_days, dtype=np.int64).reshape(-1)
+            if len(self.event_days) != n:
+                raise ValueError("event_days must have the same length as user_ids")
+            if self.item_first_seen is None or self.item_first_interaction is None or self.item_day_counts is None:
+                raise ValueError("event_days needs item_first_seen, item_first_interaction and item_day_counts")
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -292,12 +329,15 @@ class InterestModel(nn.Module):
         self.user_id = nn.Embedding(n_users, id_dim, sparse=True)
         self.item_id = nn.Embedding(n_items, id_dim, sparse=True)
         self.item_id_bias = nn.Embedding(n_items, 1, sparse=True)
+        self.item_hist = nn.Embedding(n_items, id_dim, sparse=True)
         self.scene = nn.Embedding(max(n_scenes, 0), scene_dim)
-        for emb in (self.user_id, self.item_id, self.item_id_bias, self.scene):
+        for emb in (self.user_id, self.item_id, self.item_id_bias, self.item_hist, self.scene):
             nn.init.zeros_(emb.weight)  # a zero id row == "represented by content"
-        self.user_tower = _mlp(content_dim + id_dim + scene_dim, hidden, dim)
+        self.user_tower = _mlp(content_dim + id_dim + scene_dim + id_dim, hidden, dim)
         self.item_tower = _mlp(content_dim + id_dim, hidden, dim)
         self.item_content_bias = nn.Linear(content_dim, 1)
+        self.fresh_bias = nn.Parameter(torch.zeros(()))
+        self.pop_weight = nn.Parameter(torch.zeros(()))
         # rating head over the shared towers
         self.rating_w = nn.Parameter(torch.zeros(dim))
         self.rating_a = nn.Parameter(torch.zeros(()))
@@ -324,16 +364,34 @@ class InterestModel(nn.Module):
         mean = self.scene.weight.mean(0, keepdim=True)
         return torch.where((scene_idx >= 0).unsqueeze(1), rows, mean)
 
+    def history_sums(self, bags: "_Bags", rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of item_hist rows, item count) over the bags of ``rows``, once per distinct row."""
+        uniq, inverse = torch.unique(rows, return_inverse=True)
+        flat, offsets, counts = bags.select(uniq)
+        if self.item_hist.num_embeddings == 0 or len(flat) == 0:
+            return torch.zeros(len(rows), self.item_hist.embedding_dim), counts[inverse].float()
+        sums = F.embedding_bag(flat, self.item_hist.weight, offsets, mode="sum", sparse=True)
+        return sums[inverse], counts[inverse].float()
+
     def user_vec(self, user_idx: torch.Tensor, content: torch.Tensor, scene_idx: torch.Tensor,
-                 keep: torch.Tensor | None = None) -> torch.Tensor:
-        x = torch.cat([content, self._lookup(self.user_id, user_idx, keep), self.scene_vectors(scene_idx)], dim=1)
+                 keep: torch.Tensor | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
+        """``history``: the pooled history embedding per row (zeros when None)."""
+        if history is None:
+            history = torch.zeros(len(user_idx), self.item_hist.embedding_dim)
+        x = torch.cat([content, self._lookup(self.user_id, user_idx, keep), self.scene_vectors(scene_idx), history],
+                      dim=1)
         return self.user_tower(x)
 
     def item_vec(self, item_idx: torch.Tensor, content: torch.Tensor,
                  keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tower output, bias without the item-state term: see :meth:`state_term`)."""
         x = torch.cat([content, self._lookup(self.item_id, item_idx, keep)], dim=1)
         bias = self.item_content_bias(content).squeeze(1) + self._lookup(self.item_id_bias, item_idx, keep).squeeze(1)
         return self.item_tower(x), bias
+
+    def state_term(self, fresh: torch.Tensor, pop: torch.Tensor) -> torch.Tensor:
+        """The item-state part of the bias (module doc): same shape as ``fresh`` and ``pop``."""
+        return self.fresh_bias * fresh.to(self.fresh_bias.dtype) + self.pop_weight * pop.to(self.pop_weight.dtype)
 
     # -- heads -----------------------------------------------------------------------------
     @staticmethod
@@ -555,6 +613,7 @@ def grow(ckpt: Checkpoint, user_ids, item_ids, scenes) -> Checkpoint:
         state["user_id.weight"] = extended(state["user_id.weight"], len(new_users))
         state["item_id.weight"] = extended(state["item_id.weight"], len(new_items))
         state["item_id_bias.weight"] = extended(state["item_id_bias.weight"], len(new_items))
+        state["item_hist.weight"] = extended(state["item_hist.weight"], len(new_items))
         scenes_w = state["scene.weight"]
         mean = scenes_w.mean(0) if scenes_w.shape[0] else None
         state["scene.weight"] = extended(scenes_w, len(new_scenes), mean)
@@ -596,7 +655,7 @@ def _auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
 
 @torch.no_grad()
 def _evaluate(model: InterestModel, u_idx, u_content, s_idx, i_idx, values, item_content_all,
-              gen: torch.Generator) -> dict[str, Any]:
+              gen: torch.Generator, history: torch.Tensor | None = None) -> dict[str, Any]:
     model.eval()
     out: dict[str, Any] = {"val_interact_auc": None, "val_interact_auc_cold_item": None,
                            "val_interact_logloss": None, "val_rating_rmse": None,
@@ -606,7 +665,7 @@ def _evaluate(model: InterestModel, u_idx, u_content, s_idx, i_idx, values, item
     if len(u_idx) == 0 or n_items == 0:
         return out
     neg = torch.randint(n_items, (min(VALIDATION_NEGATIVES, n_items),), generator=gen)
-    u = model.user_vec(u_idx, u_content, s_idx)
+    u = model.user_vec(u_idx, u_content, s_idx, history=history)
     for cold in (False, True):
         keep_pos = torch.zeros(len(i_idx), dtype=torch.bool) if cold else None
         keep_neg = torch.zeros(len(neg), dtype=torch.bool) if cold else None
@@ -719,6 +778,10 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
     i_all = torch.from_numpy(_codes(data.item_ids, ckpt.item_index))
     s_all = torch.from_numpy(_codes(data.scenes, ckpt.scene_index))
     v_all = torch.from_numpy(data.values.astype(np.float32))
+    state = _state_tensors(data, item_keys)
+    bags = _history_bags(data, uniq_users, ckpt.item_index)
+    # the event's own item is left out of its user's history mean (it is what is being predicted)
+    in_bag = torch.from_numpy(bags.contains(user_codes.astype(np.int64), i_all.numpy()))
 
     val_mask = _validation_split(data, seed)
     tr = torch.from_numpy(np.flatnonzero(~val_mask))
@@ -726,8 +789,9 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
     gen = torch.Generator().manual_seed(seed)
     eval_gen_seed = seed + 1
 
-    dense = [p for n, p in model.named_parameters() if not n.startswith(("user_id.", "item_id.", "item_id_bias."))]
-    sparse = [model.user_id.weight, model.item_id.weight, model.item_id_bias.weight]
+    sparse_tables = ("user_id.", "item_id.", "item_id_bias.", "item_hist.")
+    dense = [p for n, p in model.named_parameters() if not n.startswith(sparse_tables)]
+    sparse = [model.user_id.weight, model.item_id.weight, model.item_id_bias.weight, model.item_hist.weight]
     lr = float(settings.train_learning_rate)
     opt_dense = torch.optim.Adam(dense, lr=lr)
     opt_sparse = torch.optim.SparseAdam(sparse, lr=lr)
@@ -752,13 +816,23 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
             neg = torch.randint(n_items, (n_neg,), generator=gen)
             keep_u = torch.rand(b, generator=gen) >= p_drop
             keep_i = torch.rand(b + n_neg, generator=gen) >= p_drop
+            keep_h = torch.rand(b, generator=gen) >= p_drop
             items = torch.cat([ii, neg])
-            u = model.user_vec(ui, uc, si, keep_u)
+            hist = _leave_one_out(model, bags, uc_all[rows], ii, in_bag[rows]) * keep_h.unsqueeze(1)
+            u = model.user_vec(ui, uc, si, keep_u, hist)
             v, bias = model.item_vec(items, item_content_all[items], keep_i)
             v_pos, b_pos, v_neg, b_neg = v[:b], bias[:b], v[b:], bias[b:]
             pos_logit = model.interact_logit(u, v_pos, b_pos)
             neg_logit = u @ v_neg.T + b_neg
-            loss_i = F.softplus(-pos_logit).mean() + NEGATIVES_PER_POSITIVE * F.softplus(neg_logit).mean()
+            if state is None:
+                neg_loss = F.softplus(neg_logit).mean()
+            else:
+                pos_state, neg_state, neg_live = state.batch(rows, ii, neg)
+                pos_logit = pos_logit + model.state_term(*pos_state)
+                neg_logit = neg_logit + model.state_term(*neg_state)
+                # a negative whose catalogue row did not exist yet on the event's day was no candidate then
+                neg_loss = (F.softplus(neg_logit) * neg_live).sum() / neg_live.sum().clamp(min=1.0)
+            loss_i = F.softplus(-pos_logit).mean() + NEGATIVES_PER_POSITIVE * neg_loss
             rated = torch.isfinite(vals)
             if rated.any():
                 pred = model.rating(u[rated], v_pos[rated], b_pos[rated])
@@ -781,8 +855,10 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
                  n_epochs, epoch_stats["loss"], epoch_stats["interact"], epoch_stats["rating"], len(tr),
                  time.perf_counter() - t0)
 
+    with torch.no_grad():
+        val_hist = _leave_one_out(model, bags, uc_all[va], i_all[va], in_bag[va])
     val = _evaluate(model, u_all[va], user_mat[uc_all[va]], s_all[va], i_all[va], v_all[va], item_content_all,
-                    torch.Generator().manual_seed(eval_gen_seed))
+                    torch.Generator().manual_seed(eval_gen_seed), val_hist)
     model.eval()
     metrics = {"mode": mode, "epochs": n_epochs, "n_train": int(len(tr)), **val,
                "train_loss": [round(h["loss"], 6) for h in history],
@@ -795,6 +871,121 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
                       scene_index=ckpt.scene_index, config=config, metrics=_json_safe(metrics))
 
 
+class _Bags:
+    """Item positions per history row (CSR): ``items[ptr[r]:ptr[r + 1]]`` are row r's distinct items, sorted."""
+
+    def __init__(self, keys: np.ndarray, bound: int, n_rows: int):
+        self._keys, self._bound = keys, bound  # sorted row * bound + item: one per (row, item)
+        rows = keys // bound if len(keys) else np.zeros(0, np.int64)
+        counts = np.bincount(rows, minlength=n_rows) if len(keys) else np.zeros(n_rows, np.int64)
+        self.ptr = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+        self.items = torch.from_numpy((keys % bound if len(keys) else keys).astype(np.int64))
+
+    @classmethod
+    def build(cls, rows: np.ndarray, items: np.ndarray, n_rows: int) -> "_Bags":
+        """From (row, item position) pairs; pairs with a negative row or item are skipped, duplicates merged."""
+        ok = (rows >= 0) & (items >= 0)
+        bound = int(items[ok].max()) + 1 if ok.any() else 1
+        return cls(np.unique(rows[ok].astype(np.int64) * bound + items[ok]), bound, n_rows)
+
+    def select(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(flat item positions, bag offsets, bag sizes) of ``rows``, for ``F.embedding_bag``."""
+        starts, counts = self.ptr[rows], self.ptr[rows + 1] - self.ptr[rows]
+        offsets = torch.cumsum(counts, 0) - counts
+        total = int(counts.sum())
+        flat = torch.repeat_interleave(starts - offsets, counts) + torch.arange(total)
+        return self.items[flat], offsets, counts
+
+    def contains(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Whether each item is in its row's bag."""
+        ok = (items >= 0) & (items < self._bound)
+        query = rows.astype(np.int64) * self._bound + np.where(ok, items, 0)
+        pos = np.minimum(np.searchsorted(self._keys, query), max(len(self._keys) - 1, 0))
+        return ok & (len(self._keys) > 0) & (self._keys[pos] == query) if len(self._keys) else np.zeros(len(rows), bool)
+
+
+def _history_bags(data: TrainingData, uniq_users: np.ndarray, item_index: Mapping[str, int]) -> _Bags:
+    if data.history_user_ids is None:
+        h_users, h_items = data.user_ids, data.item_ids
+    else:
+        h_users, h_items = _as_str_array(data.history_user_ids), _as_str_array(data.history_item_ids)
+    rows = pd.Index(uniq_users).get_indexer(h_users).astype(np.int64)  # -1: a user with no event in the data
+    return _Bags.build(rows, _codes(h_items, item_index), len(uniq_users))
+
+
+def _leave_one_out(model: InterestModel, bags: _Bags, rows: torch.Tensor, items: torch.Tensor,
+                   in_bag: torch.Tensor) -> torch.Tensor:
+    """Mean item_hist row over each row's bag without ``items`` (where it is in the bag)."""
+    sums, counts = model.history_sums(bags, rows)
+    drop = in_bag.float()
+    own = F.embedding(items.clamp(min=0), model.item_hist.weight, sparse=True) * drop.unsqueeze(1)
+    return (sums - own) / (counts - drop).clamp(min=1.0).unsqueeze(1)
+
+
+def recent_popularity(counts: pd.DataFrame, item_keys: Sequence[str], days: Sequence[int]) -> np.ndarray:
+    """(len(days), len(item_keys)) float32: ``pop`` of each item on each day, i.e. ``log1p`` of its
+    interactions on the days before, each day's count weighted ``0.5 ** ((day - 1 - count_day) / half-life)``.
+    ``counts``: columns item_id, day, count (days since 1970-01-01)."""
+    out = np.zeros((len(days), len(item_keys)), dtype=np.float32)
+    if counts is None or counts.empty or not len(days):
+        return out
+    position = {k: n for n, k in enumerate(item_keys)}
+    cols = counts["item_id"].map(position)
+    keep = cols.notna().to_numpy()
+    cols = cols[keep].to_numpy(np.int64)
+    count_days = counts["day"].to_numpy(np.int64)[keep]
+    values = counts["count"].to_numpy(np.float64)[keep]
+    for row, day in enumerate(days):
+        before = count_days < day
+        weights = np.power(0.5, (day - 1 - count_days[before]) / POPULARITY_HALF_LIFE_DAYS)
+        out[row] = np.log1p(np.bincount(cols[before], weights=values[before] * weights, minlength=len(item_keys)))
+    return out
+
+
+@dataclass
+class _ItemState:
+    """Day numbers and popularity behind the item-state term, per training event and per item of the index."""
+    day: torch.Tensor                # (n_events,) event day
+    eligible: torch.Tensor           # (n_events,) bool: after the first day of history
+    first_seen: torch.Tensor         # (n_items,) catalogue day (NEVER when unknown: never a candidate)
+    first_interaction: torch.Tensor  # (n_items,) NEVER when none yet
+    pop: torch.Tensor                # (n_distinct_days, n_items) recent_popularity on each event day
+    day_row: torch.Tensor            # (n_events,) row of ``pop`` for the event's day
+
+    def batch(self, rows: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor):
+        """((fresh, pop) of the positives (b,), (fresh, pop) of the negatives (b, n_neg), negative live (b, n_neg))."""
+        day, eligible, pop_rows = self.day[rows], self.eligible[rows], self.day_row[rows]
+        on = eligible.float()
+        pos_fresh = eligible & (self.first_interaction[pos_items] >= day)
+        pos_pop = self.pop[pop_rows, pos_items] * on
+        live = self.first_seen[neg_items].unsqueeze(0) <= day.unsqueeze(1)
+        neg_fresh = eligible.unsqueeze(1) & live & (self.first_interaction[neg_items].unsqueeze(0) >= day.unsqueeze(1))
+        neg_pop = self.pop[pop_rows.unsqueeze(1), neg_items.unsqueeze(0)] * on.unsqueeze(1)
+        return (pos_fresh.float(), pos_pop), (neg_fresh.float(), neg_pop), live.float()
+
+
+_NEVER = np.iinfo(np.int64).max
+
+
+def _state_tensors(data: TrainingData, item_keys: list[str]) -> _ItemState | None:
+    if data.event_days is None:
+        return None
+    first_seen = data.item_first_seen or {}
+    first_interaction = data.item_first_interaction or {}
+    seen = np.array([first_seen.get(k, _NEVER) for k in item_keys], dtype=np.int64)
+    # an item with events in the data has interacted by its earliest event day at the latest
+    earliest = pd.Series(data.event_days).groupby(data.item_ids).min().to_dict()
+    first = np.array([min(first_interaction.get(k, _NEVER), earliest.get(k, _NEVER)) for k in item_keys], dtype=np.int64)
+    seen = np.minimum(seen, first)  # an interaction proves the item was in the catalogue
+    days = torch.from_numpy(data.event_days)
+    eligible = torch.ones_like(days, dtype=torch.bool) if data.fresh_from is None else days > int(data.fresh_from)
+    distinct, day_row = np.unique(data.event_days, return_inverse=True)
+    pop = recent_popularity(data.item_day_counts, item_keys, distinct)
+    return _ItemState(day=days, eligible=eligible, first_seen=torch.from_numpy(seen),
+                      first_interaction=torch.from_numpy(first), pop=torch.from_numpy(pop),
+                      day_row=torch.from_numpy(day_row.astype(np.int64)))
+
+
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
@@ -802,9 +993,11 @@ def _fmt(x: float | None) -> str:
 # --------------------------------------------------------------------------------------------
 # inference
 # --------------------------------------------------------------------------------------------
-def user_vectors(ckpt: Checkpoint, user_ids, scenes, user_content) -> np.ndarray:
+def user_vectors(ckpt: Checkpoint, user_ids, scenes, user_content, history: pd.DataFrame | None = None) -> np.ndarray:
     """(n, dim) float32 user-tower outputs for (user, scene) rows.
 
+    ``history`` (optional, columns user_id and item_id): the users' recent items, pooled by the user
+    tower (items the model has no row for are skipped); without it the pooled part is zero.
     ``scenes``: one per user, or a single string for all. An unknown user has a zero id part (content
     only; no content = zeros); an unknown scene uses the mean of the known scene rows.
     ``score = user_vectors(...) @ item_vectors(...)[0].T + item_vectors(...)[1]`` is the model's logit.
@@ -821,21 +1014,32 @@ def user_vectors(ckpt: Checkpoint, user_ids, scenes, user_content) -> np.ndarray
     content_dim = int(ckpt.config["content_dim"])
     user_map = _content_mapping(user_content)
     out = np.zeros((len(users), int(ckpt.config["dim"])), dtype=np.float32)
+    uniq_users, user_rows = np.unique(users, return_inverse=True)
+    bags = None
+    if history is not None and len(history):
+        rows = pd.Index(uniq_users).get_indexer(_as_str_array(history["user_id"].to_numpy())).astype(np.int64)
+        bags = _Bags.build(rows, _codes(_as_str_array(history["item_id"].to_numpy()), ckpt.item_index), len(uniq_users))
     with torch.no_grad():
         for start in range(0, len(users), INFERENCE_BLOCK):
             part = users[start:start + INFERENCE_BLOCK]
             content = torch.from_numpy(_content_matrix(part, user_map, content_dim)[0])
             ui = torch.from_numpy(_codes(part, ckpt.user_index))
             si = torch.from_numpy(_codes(scene_arr[start:start + INFERENCE_BLOCK], ckpt.scene_index))
-            out[start:start + len(part)] = model.user_vec(ui, content, si).numpy()
+            pooled = None
+            if bags is not None:
+                sums, counts = model.history_sums(bags, torch.from_numpy(user_rows[start:start + len(part)].astype(np.int64)))
+                pooled = sums / counts.clamp(min=1.0).unsqueeze(1)
+            out[start:start + len(part)] = model.user_vec(ui, content, si, history=pooled).numpy()
     return out
 
 
-def item_vectors(ckpt: Checkpoint, item_ids, item_content) -> tuple[np.ndarray, np.ndarray]:
+def item_vectors(ckpt: Checkpoint, item_ids, item_content, fresh=None, pop=None) -> tuple[np.ndarray, np.ndarray]:
     """((m, dim) float32 item-tower outputs, (m,) float32 biases).
 
     An unknown item has a zero id part and zero id bias: its vector and bias come from its content
     alone (what the model learned for id-dropped items, i.e. the content-conditioned mean bias).
+    ``fresh`` (bool per item) and ``pop`` (:func:`recent_popularity` per item), both optional, are
+    the items' state on the day the scores are for; the bias then includes the item-state term.
     """
     items = _as_str_array(item_ids)
     model = ckpt.model
@@ -852,4 +1056,10 @@ def item_vectors(ckpt: Checkpoint, item_ids, item_content) -> tuple[np.ndarray, 
             v, b = model.item_vec(ii, content)
             vecs[start:start + len(part)] = v.numpy()
             bias[start:start + len(part)] = b.numpy()
+        if fresh is not None or pop is not None:
+            fresh = torch.as_tensor(np.zeros(len(items), bool) if fresh is None else np.asarray(fresh, dtype=bool).reshape(-1))
+            pop = torch.as_tensor(np.zeros(len(items), np.float32) if pop is None else np.asarray(pop, np.float32).reshape(-1))
+            if len(fresh) != len(items) or len(pop) != len(items):
+                raise ValueError("fresh and pop must have one value per item")
+            bias += model.state_term(fresh, pop).numpy()
     return vecs, bias

@@ -57,15 +57,21 @@ def list_stats(lake: Lake) -> pd.DataFrame:
 
 def paired_bootstrap(per_user: pd.DataFrame, a: str, b: str, resamples: int = BOOTSTRAP_RESAMPLES,
                      seed: int = 0) -> dict:
-    """Mean of a - b over the users both methods have (one night, one slice/metric/K) and its 95 % interval."""
-    wide = per_user.pivot_table(index="user_id", columns="method", values="value", aggfunc="first")
+    """Mean of a - b over the users both methods have (one slice/metric/K) and its percentile 95 % interval.
+
+    The unit resampled is the user, or the (night, user) pair when ``per_user`` has a ``run_date`` column
+    (several nights: user-days)."""
+    index = [c for c in ("run_date", "user_id") if c in per_user.columns]
+    wide = per_user.pivot_table(index=index, columns="method", values="value", aggfunc="first")
     if a not in wide or b not in wide:
         return {"n": 0, "mean": float("nan"), "low": float("nan"), "high": float("nan")}
     diff = (wide[a] - wide[b]).dropna().to_numpy()
     if len(diff) == 0:
         return {"n": 0, "mean": float("nan"), "low": float("nan"), "high": float("nan")}
     rng = np.random.default_rng(seed)
-    means = np.array([diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(resamples)])
+    means = np.empty(resamples)
+    for r in range(resamples):  # a loop, not an (R, n) matrix: bounded memory for any n
+        means[r] = diff[rng.integers(0, len(diff), len(diff))].mean()
     low, high = np.percentile(means, [2.5, 97.5])
     return {"n": int(len(diff)), "mean": float(diff.mean()), "low": float(low), "high": float(high)}
 

@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from coldstart.catalog import RECOMMENDATIONS
 from coldstart.config import Settings
-from coldstart.features import content_vectors, interactions, load_history, user_content, window_start
+from coldstart.features import content_vectors, interactions, latest_items, load_history, user_content, window_start
 from coldstart.lake import Lake
 
 log = logging.getLogger("coldstart.score")
@@ -87,7 +87,9 @@ def segments(users: pd.DataFrame, recent_counts: pd.Series, with_history: set) -
 # --------------------------------------------------------------------------------------------
 class ItemMatrix:
     """Item vectors laid out for the kernel: transposed, padded to a multiple of TOPK_GROUP columns
-    whose bias is -inf (so padding never ranks)."""
+    whose bias is -inf (so padding never ranks). ``augmented`` is the transposed vectors with the bias
+    as one more row: a user row with a trailing 1 gets ``u . v + b`` from one plain product, one pass
+    over the score tile instead of addmm's two (broadcast the bias, then accumulate)."""
 
     def __init__(self, vectors, bias):
         import torch
@@ -98,8 +100,10 @@ class ItemMatrix:
             raise ValueError(f"item vectors {tuple(vectors.shape)} and bias {tuple(bias.shape)} do not match")
         self.n_items, dim = vectors.shape
         width = -(-self.n_items // TOPK_GROUP) * TOPK_GROUP
-        self.transposed = torch.zeros(dim, width)
-        self.transposed[:, :self.n_items] = vectors.T
+        self.augmented = torch.zeros(dim + 1, width)
+        self.augmented[:dim, :self.n_items] = vectors.T
+        self.augmented[dim, :self.n_items] = bias
+        self.transposed = self.augmented[:dim]  # a view: the first dim rows
         self.bias = torch.full((width,), float("-inf"))
         self.bias[:self.n_items] = bias
 
@@ -145,10 +149,13 @@ def top_k_scores(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[np.nda
     if n == 0 or k == 0:
         return values, positions
     buffer = torch.empty(min(tile, n), items.width)
+    augmented_rows = torch.ones(min(tile, n), user_vecs.shape[1] + 1)
     neg_inf = torch.tensor(float("-inf"))
     for start in range(0, n, tile):
-        rows = user_vecs[start:start + tile]
-        scores = torch.addmm(items.bias, rows, items.transposed, out=buffer[:rows.shape[0]])
+        rows = augmented_rows[:min(tile, n - start)]
+        rows[:, :-1] = user_vecs[start:start + tile]
+        scores = torch.mm(rows, items.augmented, out=buffer[:rows.shape[0]])
+        scores[:, items.n_items:] = neg_inf  # padding columns (fewer than TOPK_GROUP)
         tile_consumed = consumed[start:start + tile]
         lengths = [len(c) for c in tile_consumed]
         if sum(lengths):
@@ -215,8 +222,12 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
 
     item_content = content_vectors(lake, settings, "item")
     profiles = content_vectors(lake, settings, "user")
-    u_content = user_content(history.events[["user_id", "item_id"]].drop_duplicates(), item_content, profiles)
-    matrix = ItemMatrix(*item_vectors(ckpt, item_ids, item_content))
+    window_pairs = history.events[["user_id", "item_id"]].drop_duplicates()
+    u_content = user_content(window_pairs, item_content, profiles)
+    latest = latest_items(history.events)
+    latest_rows = latest.groupby("user_id").indices  # user -> row positions, so a block takes only its users
+    fresh, pop = serving_state(lake, items, run_date)
+    matrix = ItemMatrix(*item_vectors(ckpt, item_ids, item_content, fresh=fresh, pop=pop))
     dim = next(iter(item_content.values())).shape[0] if item_content else 1
     content = torch.from_numpy(np.stack([item_content.get(i, np.zeros(dim, np.float32)) for i in item_ids])
                                if len(item_ids) else np.zeros((0, dim), np.float32))
@@ -231,7 +242,9 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
         step = settings.score_block_users
         for start in range(0, len(model_rows), step):
             block = model_rows.iloc[start:start + step]
-            user_vecs = user_vectors(ckpt, block["user_id"].to_numpy(), block["scene"].to_numpy(), u_content)
+            block_users = block["user_id"].to_numpy()
+            user_vecs = user_vectors(ckpt, block_users, block["scene"].to_numpy(), u_content,
+                                     latest.take(_rows_of(latest_rows, block_users)))
             block_consumed = [consumed_by_user.get(u, NOTHING) for u in block["user_id"]]
             values, positions = top_k_scores(user_vecs, matrix, k, block_consumed)
             yield _model_batch(block, values, positions, recent, content, titles, item_ids, is_new, version, run_date)
@@ -241,6 +254,23 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     written = lake.replace_partition_stream("recommendations", blocks(), run_date=run_date)
     log.info("score %s: wrote %d recommendations", run_date, written)
     return {"users": len(users), "lists": len(pairs), "rows": written, "model_version": version}
+
+
+def serving_state(lake: Lake, items: pd.DataFrame, run_date: dt.date) -> tuple[np.ndarray, np.ndarray]:
+    """(fresh, pop) of ``items`` (columns item_id, first_interaction) on the day the lists of run_date
+    serve (D+1): fresh = no interaction up to D; pop = model.recent_popularity of the counts up to D."""
+    from coldstart.model import recent_popularity
+    from coldstart.train import POPULARITY_DAYS, daily_item_counts
+
+    fresh = (items["first_interaction"].isna() | (items["first_interaction"] > run_date)).to_numpy()
+    serve_day = (run_date + dt.timedelta(days=1) - dt.date(1970, 1, 1)).days
+    counts = daily_item_counts(lake, run_date - dt.timedelta(days=POPULARITY_DAYS - 1), run_date)
+    return fresh, recent_popularity(counts, items["item_id"].to_numpy(), [serve_day])[0]
+
+
+def _rows_of(positions: dict, users) -> np.ndarray:
+    parts = [positions[u] for u in dict.fromkeys(users) if u in positions]
+    return np.concatenate(parts) if parts else NOTHING
 
 
 def _model_batch(block, scores, positions, recent, content, titles, item_ids, is_new, version, run_date) -> pa.RecordBatch:

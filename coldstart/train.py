@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 
 from coldstart.config import Settings
-from coldstart.features import content_vectors, interactions, user_content, window_start
+from coldstart.features import content_vectors, interactions, latest_items, user_content, window_start
 from coldstart.lake import Lake
 
 log = logging.getLogger("coldstart.train")
@@ -31,6 +31,9 @@ log = logging.getLogger("coldstart.train")
 # Half-life (days) of the replay sample's recency weighting: the last few days are replayed almost
 # whole, older history fills the rest of ``train_replay_sample`` uniformly.
 REPLAY_HALF_LIFE_DAYS = 2.0
+# Days of counts behind an item's recent popularity (model.recent_popularity): at a 3-day half-life,
+# a count this old weighs under 0.1 %.
+POPULARITY_DAYS = 30
 
 
 class NoTrainingDataError(RuntimeError):
@@ -120,6 +123,34 @@ def _holdout_of_today(n_replay: int, n_today: int, seed: int, run_date: dt.date)
     return mask
 
 
+def _day_numbers(dates) -> np.ndarray:
+    return np.asarray(pd.to_datetime(pd.Series(dates)), dtype="datetime64[D]").astype(np.int64)
+
+
+def daily_item_counts(lake: Lake, first: dt.date, last: dt.date) -> pd.DataFrame:
+    """(item_id, day, count): interactions per item and run date in [first, last], day = days since 1970-01-01."""
+    table = lake.read_arrow("interactions", columns=["item_id", "run_date"],
+                            filters=[("run_date", ">=", first), ("run_date", "<=", last)])
+    counts = table.group_by(["item_id", "run_date"]).aggregate([([], "count_all")]).to_pandas()
+    return pd.DataFrame({"item_id": counts["item_id"], "day": _day_numbers(counts["run_date"]),
+                         "count": counts["count_all"].astype(np.int64)})
+
+
+def item_state_inputs(lake: Lake, event_dates: pd.Series, catalogue: pd.DataFrame) -> dict:
+    """The item-state arguments of TrainingData: event days, the items' catalogue and first-interaction
+    days (days since 1970-01-01) and their daily counts over the days that weigh on the events' popularity;
+    the first day with interactions is the start of history, where every item "debuts", so it teaches
+    nothing about an item's state."""
+    interacted = catalogue.dropna(subset=["first_interaction"])
+    first_interaction = dict(zip(interacted["item_id"], _day_numbers(interacted["first_interaction"])))
+    first_event = pd.to_datetime(event_dates).min().date()
+    counts = daily_item_counts(lake, first_event - dt.timedelta(days=POPULARITY_DAYS), pd.to_datetime(event_dates).max().date())
+    return {"event_days": _day_numbers(event_dates), "item_day_counts": counts,
+            "item_first_seen": dict(zip(catalogue["item_id"], _day_numbers(catalogue["first_seen"]))),
+            "item_first_interaction": first_interaction,
+            "fresh_from": min(first_interaction.values()) if first_interaction else None}
+
+
 def _incompatible(prior, settings: Settings, items: dict) -> str | None:
     """Why the prior cannot be warm-started from (another encoder or content size), or None."""
     trained_on = prior.config.get("encoder_name")
@@ -136,7 +167,7 @@ def train(spark, settings: Settings, run_date: dt.date, full_retrain: bool = Fal
     from coldstart import model as M
 
     lake = Lake.from_settings(settings)
-    columns = ["user_id", "item_id", "scene", "value", "event_type"]
+    columns = ["user_id", "item_id", "scene", "value", "event_type", "run_date"]
     prior, why = (None, "full retrain requested") if full_retrain else load_prior(settings, run_date)
     items = content_vectors(lake, settings, "item")
     if prior is not None:
@@ -159,15 +190,19 @@ def train(spark, settings: Settings, run_date: dt.date, full_retrain: bool = Fal
     events = events.sort_values(["user_id", "item_id", "scene"], kind="stable").reset_index(drop=True) \
         if validation is None else events
     profiles = content_vectors(lake, settings, "user")
-    recent = interactions(lake, window_start(settings, run_date), run_date, ["user_id", "item_id"])
+    recent = interactions(lake, window_start(settings, run_date), run_date, ["user_id", "item_id", "event_ts"])
     # The same pooling as scoring (recent window), plus the replayed users' sampled history.
-    pairs = pd.concat([recent, events[["user_id", "item_id"]]], ignore_index=True).drop_duplicates()
+    pairs = pd.concat([recent[["user_id", "item_id"]], events[["user_id", "item_id"]]], ignore_index=True).drop_duplicates()
+    latest = latest_items(recent)
     users = user_content(pairs, items, profiles)
+    catalogue = lake.read_pandas("items", columns=["item_id", "first_seen", "first_interaction"])
     data = M.TrainingData(
         user_ids=events["user_id"].to_numpy(), item_ids=events["item_id"].to_numpy(),
         scenes=events["scene"].to_numpy(),
         values=np.where(events["event_type"] == "rate", events["value"].astype("float64"), np.nan),
-        item_content=items, user_content=users, validation_mask=validation)
+        item_content=items, user_content=users, validation_mask=validation,
+        history_user_ids=latest["user_id"].to_numpy(), history_item_ids=latest["item_id"].to_numpy(),
+        **item_state_inputs(lake, events["run_date"], catalogue))
     log.info("train %s: mode=%s on %d events (%d users, %d items)%s", run_date, mode, len(events),
              events["user_id"].nunique(), events["item_id"].nunique(), f"; parent {prior.checksum[:8]}" if prior else "")
     ckpt = M.train(data, settings, prior=prior)

@@ -194,9 +194,11 @@ def test_grow_keeps_old_rows_bit_for_bit(ckpt, world):
     assert torch.equal(after["user_id.weight"][:nu], before["user_id.weight"])
     assert torch.equal(after["item_id.weight"][:ni], before["item_id.weight"])
     assert torch.equal(after["item_id_bias.weight"][:ni], before["item_id_bias.weight"])
+    assert torch.equal(after["item_hist.weight"][:ni], before["item_hist.weight"])
     assert torch.equal(after["scene.weight"][:ns], before["scene.weight"])
     assert after["user_id.weight"].shape[0] == nu + 2 and not after["user_id.weight"][nu:].any()
     assert not after["item_id.weight"][ni:].any() and not after["item_id_bias.weight"][ni:].any()
+    assert not after["item_hist.weight"][ni:].any()
     mean_scene = before["scene.weight"].mean(0)
     for row in after["scene.weight"][ns:]:
         assert torch.equal(row, mean_scene)
@@ -205,7 +207,7 @@ def test_grow_keeps_old_rows_bit_for_bit(ckpt, world):
     assert grown.scene_index["aa-scene"] == ns and grown.scene_index["zz-scene"] == ns + 1
     assert all(grown.user_index[k] == v for k, v in ckpt.user_index.items())
     for k, v in before.items():
-        if k not in ("user_id.weight", "item_id.weight", "item_id_bias.weight", "scene.weight"):
+        if k not in ("user_id.weight", "item_id.weight", "item_id_bias.weight", "item_hist.weight", "scene.weight"):
             assert torch.equal(after[k], v), k
     # a grown item (zero id row) scores exactly like an unknown one (content only)
     content = {"new-item": world.content(2)}
@@ -338,3 +340,111 @@ def test_dataframe_content_and_zero_epochs(world, ckpt):
     V2, b2 = item_vectors(warm, ["t1-i00"], world.item_content)
     np.testing.assert_array_equal(V1, V2)
     np.testing.assert_array_equal(b1, b2)
+
+
+# ---------------------------------------------------------------------------------------------
+# pooled history (item_hist) and freshness
+def test_history_bags_select_and_leave_one_out_membership():
+    from coldstart.model import _Bags
+
+    bags = _Bags.build(np.array([0, 0, 2, 2, 2, 0, -1]), np.array([5, 3, 1, 5, 5, 3, 2]), 3)
+    flat, offsets, counts = bags.select(torch.tensor([2, 0, 1]))
+    assert flat.tolist() == [1, 5, 3, 5] and offsets.tolist() == [0, 2, 4] and counts.tolist() == [2, 2, 0]
+    assert bags.contains(np.array([0, 0, 1, 2, 2]), np.array([3, 1, 1, 1, -1])).tolist() == [True, False, False, True, False]
+
+
+def test_pooled_history_recommends_what_follows_a_users_items():
+    """Items come in pairs (a_k, b_k) with uninformative content: whoever took a_k also took b_k. A user the
+    model has never seen, with a_k in their history, must get b_k first: only the pooled history knows."""
+    rng = np.random.default_rng(3)
+    pairs = 12
+    content = {f"{side}{k}": _unit(rng.normal(size=CONTENT_DIM)) for k in range(pairs) for side in "ab"}
+    users, items = [], []
+    for n in range(240):
+        k = n % pairs
+        users += [f"u{n}", f"u{n}"]
+        items += [f"a{k}", f"b{k}"]
+    u, i = np.array(users, dtype=object), np.array(items, dtype=object)
+    data = TrainingData(u, i, np.array(["home"] * len(u), dtype=object), None, content, {})
+    ckpt = train(data, _settings(train_epochs_full=30, train_id_dropout=0.0, train_learning_rate=0.03))
+    candidates = [f"b{k}" for k in range(pairs)]
+    V, bias = item_vectors(ckpt, candidates, content)
+    hits = 0
+    for k in range(pairs):
+        history = pd.DataFrame({"user_id": ["stranger"], "item_id": [f"a{k}"]})
+        U = user_vectors(ckpt, ["stranger"], "home", {}, history)
+        hits += int(np.argmax(U[0] @ V.T + bias) == k)
+    assert hits >= pairs - 2, hits
+    # without the history the stranger has nothing to go on: one vector for every k
+    assert np.allclose(user_vectors(ckpt, ["stranger"], "home", {}), user_vectors(ckpt, ["stranger"], "home", {}, None))
+
+
+def test_fresh_items_get_the_learned_freshness_bias(world):
+    """Day 2's events go mostly to items that debut that day: the model learns a positive fresh bias and
+    item_vectors adds it exactly to the items flagged fresh."""
+    rng = np.random.default_rng(5)
+    old = [i for i in world.items if i.endswith(("0", "1", "2", "3", "4"))]
+    new = [i for i in world.items if i not in old]
+    users = list(world.users)
+    rows = [(u, old[rng.integers(len(old))], 1) for u in users for _ in range(10)]          # day 1: old items only
+    for user in users:                                                                        # day 2: mostly debuts
+        for _ in range(10):
+            pool = new if rng.random() < 0.7 else old
+            rows.append((user, pool[rng.integers(len(pool))], 2))
+    u, i, d = (np.array(x, dtype=object) for x in zip(*rows))
+    first = pd.Series(d.astype(int)).groupby(i).min().to_dict()
+    data = TrainingData(u, i, np.array(["home"] * len(u), dtype=object), None, world.item_content,
+                        pool_user_content(u, i, world.item_content), event_days=d.astype(np.int64),
+                        item_first_seen={k: 0 for k in world.items}, item_first_interaction=first, fresh_from=1,
+                        item_day_counts=pd.DataFrame({"item_id": [], "day": [], "count": []}))
+    ckpt = train(data, _settings(train_learning_rate=0.03, train_epochs_full=12))
+    learned = float(ckpt.model.fresh_bias.detach())
+    assert learned > 0.3
+    _, plain = item_vectors(ckpt, new[:3], world.item_content)
+    _, flagged = item_vectors(ckpt, new[:3], world.item_content, fresh=[True, False, True], pop=[0.0, 0.0, 0.0])
+    np.testing.assert_allclose(flagged - plain, [learned, 0.0, learned], rtol=1e-5, atol=1e-6)
+    # without event days nothing is learned about freshness
+    assert float(train(world.data(), _settings(train_epochs_full=1)).model.fresh_bias.detach()) == 0.0
+
+
+def test_freshness_inputs_need_all_parts(world):
+    u, i, s, v = world.events(["t0-u00"], 3)
+    with pytest.raises(ValueError, match="item_day_counts"):
+        TrainingData(u, i, s, v, world.item_content, {}, event_days=np.zeros(3, np.int64))
+
+
+def test_recent_popularity_halves_every_half_life():
+    from coldstart.model import POPULARITY_HALF_LIFE_DAYS, recent_popularity
+
+    counts = pd.DataFrame({"item_id": ["a", "a", "b", "zz"], "day": [10, 7, 10, 10], "count": [4, 8, 1, 9]})
+    pop = recent_popularity(counts, ["a", "b", "c"], [11, 10])
+    h = POPULARITY_HALF_LIFE_DAYS
+    np.testing.assert_allclose(pop[0], np.log1p([4 + 8 * 0.5 ** (3 / h), 1, 0]), rtol=1e-6)
+    np.testing.assert_allclose(pop[1], np.log1p([8 * 0.5 ** (2 / h), 0, 0]), rtol=1e-6)  # a day's own counts never count
+
+
+def test_yesterdays_popularity_is_learned_where_ids_cannot_tell(world):
+    """Item popularity drifts (a random walk of log-weights from day to day) and items of a topic share one
+    content vector: over the whole data the id biases average the drift out and content cannot tell the
+    items apart, but yesterday's counts say which items are hot today."""
+    rng = np.random.default_rng(9)
+    items = list(world.items)
+    content = {k: world.centers[t] for k, t in world.items.items()}
+    log_weight = rng.normal(size=len(items))
+    rows = []
+    for day in range(1, 9):
+        log_weight = log_weight + rng.normal(scale=0.5, size=len(items))
+        p = np.exp(log_weight) / np.exp(log_weight).sum()
+        for user in world.users:
+            for item in rng.choice(len(items), size=8, p=p):
+                rows.append((user, items[item], day))
+    u, i, d = (np.array(x, dtype=object) for x in zip(*rows))
+    d = d.astype(np.int64)
+    counts = pd.DataFrame({"item_id": i, "day": d}).value_counts().rename("count").reset_index()
+    first = pd.Series(d).groupby(i).min().to_dict()
+    data = TrainingData(u, i, np.array(["home"] * len(u), dtype=object), None, content,
+                        pool_user_content(u, i, content), event_days=d,
+                        item_first_seen={k: 0 for k in items}, item_first_interaction=first, fresh_from=1,
+                        item_day_counts=counts)
+    ckpt = train(data, _settings(train_learning_rate=0.03, train_epochs_full=10))
+    assert float(ckpt.model.pop_weight.detach()) > 0.2
