@@ -114,10 +114,9 @@ def main() -> None:
     lines = [f"# Score kernel speed ({dt.date.today().isoformat()})", "",
              f"Command: `.venv/bin/python bench/score_speed.py {' '.join(os.sys.argv[1:])}`".rstrip(), "",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-             f"{torch.__version__} with {torch.get_num_threads()} threads; the machine was shared with other "
-             f"engineers' Spark and torch jobs during the run (load average at start "
-             f"{os.getloadavg()[0]:.1f}), so absolute times are noisy; the variants are interleaved per "
-             f"repetition and compared by medians.", ""]
+             f"{torch.__version__} with {torch.get_num_threads()} threads; load average at start "
+             f"{os.getloadavg()[0]:.1f} (on a shared machine absolute times are noisy); the variants are "
+             f"interleaved per repetition and compared by medians.", ""]
 
     if args.sweep:
         print(f"sweep: {args.sweep_users} users x {args.items} items, dim {args.dim}", flush=True)
