@@ -1,12 +1,14 @@
 """The interest model: two towers over fused content, id and scene features, trained multi-task.
 
-P(interact | user X, item Y, scene Z) = sigma(<u(X, Z), v(Y)> + b(Y))
+P(interact | user X, item Y, scene Z) = sigma(<u(X, Z), v(Y)> + <h(X), q(Y)> + b(Y))
 
 * **user tower** ``u``: MLP over [user content vector (pooled history + profile), user id embedding,
   scene embedding, pooled history embedding]; the pooled history embedding is the mean of a second
   item table (``item_hist``) over the user's recent items (FISM-style): item-to-item collaborative
   signal that a user trained on no event yet (new today) or a light one still gets from history;
-  in training the event's own item is left out of the mean;
+  in training the event's own item is left out of the mean. ``h(X)`` also meets the item's row of
+  a third table, ``q(Y)`` (``item_target``), in a plain dot product: the FISM item-to-item term,
+  which the tower's MLP alone learned too weakly (bench/results/quality.md);
 * **item tower** ``v``: MLP over [item encoder vector, item id embedding]; the item bias is
   ``b(Y) = w . content(Y) + id_bias[Y] + state(Y, day)``.
 
@@ -23,7 +25,8 @@ every item "debuts" and nothing came before) carries no state.
 
 Scoring all users against all items is therefore a matrix product:
 ``user_vectors(...) @ item_vectors(...)[0].T + item_vectors(...)[1]`` is exactly the logit the model
-trains with (see :func:`user_vectors`, :func:`item_vectors`).
+trains with (see :func:`user_vectors`, :func:`item_vectors`): the vectors are ``[u; h]`` and ``[v; q]``
+(``dim + id_dim`` wide).
 
 Cold start (DropoutNet): during training each example's user id embedding and each item's id
 embedding *and* id bias are zeroed with probability ``settings.train_id_dropout``, so the towers
@@ -205,44 +208,52 @@ def pool_user_content(user_ids, item_ids, item_content, profile_content=None, we
     if len(w) != len(users):
         raise ValueError("weights must have the same length as user_ids")
 
-    result: dict[str, np.ndarray] = {}
-    hist: dict[str, tuple[np.ndarray, float]] = {}
+    import scipy.sparse as sp
+
+    # history part: one sparse (user x item) weight matrix times the item content matrix, so memory is
+    # the users' vectors, never an (events x dim) copy
+    hist_users = np.empty(0, dtype=object)
+    hist_means = np.zeros((0, dim), dtype=np.float64)
+    hist_totals = np.zeros(0, dtype=np.float64)
     if len(users):
         uniq_items, item_codes = np.unique(items, return_inverse=True)
         mat, present = _content_matrix(uniq_items, item_map, dim)
         keep = present[item_codes] & np.isfinite(w) & (w > 0)
         if keep.any():
-            u_keep, i_keep, w_keep = users[keep], item_codes[keep], w[keep]
-            uniq_users, user_codes = np.unique(u_keep, return_inverse=True)
-            order = np.argsort(user_codes, kind="stable")
-            sorted_codes = user_codes[order]
-            starts = np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
-            weighted = mat[i_keep[order]].astype(np.float64) * w_keep[order, None]
-            sums = np.add.reduceat(weighted, starts, axis=0)
-            totals = np.add.reduceat(w_keep[order], starts)
-            means = _normalise(sums / totals[:, None])
-            for code, start in enumerate(starts):
-                hist[str(uniq_users[sorted_codes[start]])] = (means[code], float(totals[code]))
-    for user in sorted(set(hist) | set(prof_map)):
-        prof = prof_map.get(user)
-        p = None
-        if prof is not None:
-            p = np.asarray(prof, dtype=np.float64).reshape(-1)
-            if p.shape[0] != dim or not np.all(np.isfinite(p)) or not np.any(p):
-                p = None
-            else:
-                p = p / np.linalg.norm(p)
-        if user in hist:
-            h, n = hist[user]
-            vec = h if p is None else (n / (n + profile_weight)) * h + (profile_weight / (n + profile_weight)) * p
-        elif p is not None:
-            vec = p
-        else:
+            hist_users, user_codes = np.unique(users[keep], return_inverse=True)
+            weights_matrix = sp.csr_matrix((w[keep], (user_codes, item_codes[keep])),
+                                           shape=(len(hist_users), len(uniq_items)))
+            hist_totals = np.asarray(weights_matrix.sum(axis=1)).ravel()
+            hist_means = _normalise(np.asarray(weights_matrix @ mat.astype(np.float64)) / hist_totals[:, None])
+
+    # profile part: valid profiles (right size, finite, not all zero), normalised
+    prof_users = np.array(sorted(prof_map), dtype=object)
+    prof_mat = np.zeros((len(prof_users), dim), dtype=np.float64)
+    prof_ok = np.zeros(len(prof_users), dtype=bool)
+    for row, user in enumerate(prof_users):
+        vec = prof_map[user]
+        if vec is None:
             continue
-        norm = np.linalg.norm(vec)
-        if norm > 0:
-            result[user] = (vec / norm).astype(np.float32)
-    return result
+        vec = np.asarray(vec, dtype=np.float64).reshape(-1)
+        if vec.shape[0] == dim and np.all(np.isfinite(vec)) and np.any(vec):
+            prof_mat[row], prof_ok[row] = vec, True
+    prof_users, prof_mat = prof_users[prof_ok], _normalise(prof_mat[prof_ok])
+
+    # blend: the profile counts as profile_weight events
+    everyone = np.union1d(hist_users.astype(str), prof_users.astype(str)).astype(object)
+    out = np.zeros((len(everyone), dim), dtype=np.float64)
+    n = np.zeros(len(everyone))
+    has_hist = np.zeros(len(everyone), dtype=bool)
+    if len(hist_users):
+        at = np.searchsorted(everyone.astype(str), hist_users.astype(str))
+        out[at], n[at], has_hist[at] = hist_means, hist_totals, True
+    if len(prof_users):
+        at = np.searchsorted(everyone.astype(str), prof_users.astype(str))
+        share = np.where(has_hist[at], n[at] / (n[at] + profile_weight), 0.0)[:, None]
+        out[at] = share * out[at] + (1.0 - share) * prof_mat
+    out = _normalise(out).astype(np.float32)
+    nonzero = np.linalg.norm(out, axis=1) > 0
+    return dict(zip((str(u) for u in everyone[nonzero]), out[nonzero]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -330,9 +341,13 @@ class InterestModel(nn.Module):
         self.item_id = nn.Embedding(n_items, id_dim, sparse=True)
         self.item_id_bias = nn.Embedding(n_items, 1, sparse=True)
         self.item_hist = nn.Embedding(n_items, id_dim, sparse=True)
+        self.item_target = nn.Embedding(n_items, id_dim, sparse=True)
         self.scene = nn.Embedding(max(n_scenes, 0), scene_dim)
         for emb in (self.user_id, self.item_id, self.item_id_bias, self.item_hist, self.scene):
             nn.init.zeros_(emb.weight)  # a zero id row == "represented by content"
+        # history . target starts with one side non-zero, or neither would ever get a gradient;
+        # rows grown later start at zero (no collaborative signal yet)
+        nn.init.normal_(self.item_target.weight, std=0.01)
         self.user_tower = _mlp(content_dim + id_dim + scene_dim + id_dim, hidden, dim)
         self.item_tower = _mlp(content_dim + id_dim, hidden, dim)
         self.item_content_bias = nn.Linear(content_dim, 1)
@@ -401,11 +416,15 @@ class InterestModel(nn.Module):
     def rating(self, u: torch.Tensor, v: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.rating_mean + self.rating_c + (u * v) @ self.rating_w + self.rating_a * b
 
-    def forward(self, user_idx, user_content, scene_idx, item_idx, item_content):
-        """Per-pair (interact logit, predicted rating) with no id dropout."""
-        u = self.user_vec(user_idx, user_content, scene_idx)
+    def forward(self, user_idx, user_content, scene_idx, item_idx, item_content, history=None):
+        """Per-pair (interact logit, predicted rating) with no id dropout; ``history``: the pooled history
+        embedding per row (zeros when None), which also meets the item's target row (the FISM term)."""
+        u = self.user_vec(user_idx, user_content, scene_idx, history=history)
         v, b = self.item_vec(item_idx, item_content)
-        return self.interact_logit(u, v, b), self.rating(u, v, b)
+        logit = self.interact_logit(u, v, b)
+        if history is not None:
+            logit = logit + (history * self._lookup(self.item_target, item_idx, None)).sum(-1)
+        return logit, self.rating(u, v, b)
 
 
 def _build_model(config: dict, n_users: int, n_items: int, n_scenes: int) -> InterestModel:
@@ -614,6 +633,7 @@ def grow(ckpt: Checkpoint, user_ids, item_ids, scenes) -> Checkpoint:
         state["item_id.weight"] = extended(state["item_id.weight"], len(new_items))
         state["item_id_bias.weight"] = extended(state["item_id_bias.weight"], len(new_items))
         state["item_hist.weight"] = extended(state["item_hist.weight"], len(new_items))
+        state["item_target.weight"] = extended(state["item_target.weight"], len(new_items))
         scenes_w = state["scene.weight"]
         mean = scenes_w.mean(0) if scenes_w.shape[0] else None
         state["scene.weight"] = extended(scenes_w, len(new_scenes), mean)
@@ -673,6 +693,9 @@ def _evaluate(model: InterestModel, u_idx, u_content, s_idx, i_idx, values, item
         vn, bn = model.item_vec(neg, item_content_all[neg], keep_neg)
         pos = model.interact_logit(u, v, b)
         negs = u @ vn.T + bn
+        if history is not None:  # the FISM term; a cold item has no target row
+            pos = pos + (history * model._lookup(model.item_target, i_idx, keep_pos)).sum(-1)
+            negs = negs + history @ model._lookup(model.item_target, neg, keep_neg).T
         out["val_interact_auc_cold_item" if cold else "val_interact_auc"] = _auc(pos, negs)
         if not cold:
             out["val_interact_logloss"] = float(F.softplus(-pos).mean() + NEGATIVES_PER_POSITIVE * F.softplus(negs).mean())
@@ -789,9 +812,10 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
     gen = torch.Generator().manual_seed(seed)
     eval_gen_seed = seed + 1
 
-    sparse_tables = ("user_id.", "item_id.", "item_id_bias.", "item_hist.")
+    sparse_tables = ("user_id.", "item_id.", "item_id_bias.", "item_hist.", "item_target.")
     dense = [p for n, p in model.named_parameters() if not n.startswith(sparse_tables)]
-    sparse = [model.user_id.weight, model.item_id.weight, model.item_id_bias.weight, model.item_hist.weight]
+    sparse = [model.user_id.weight, model.item_id.weight, model.item_id_bias.weight, model.item_hist.weight,
+              model.item_target.weight]
     lr = float(settings.train_learning_rate)
     opt_dense = torch.optim.Adam(dense, lr=lr)
     opt_sparse = torch.optim.SparseAdam(sparse, lr=lr)
@@ -822,8 +846,9 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
             u = model.user_vec(ui, uc, si, keep_u, hist)
             v, bias = model.item_vec(items, item_content_all[items], keep_i)
             v_pos, b_pos, v_neg, b_neg = v[:b], bias[:b], v[b:], bias[b:]
-            pos_logit = model.interact_logit(u, v_pos, b_pos)
-            neg_logit = u @ v_neg.T + b_neg
+            target = model._lookup(model.item_target, items, keep_i)
+            pos_logit = model.interact_logit(u, v_pos, b_pos) + (hist * target[:b]).sum(-1)
+            neg_logit = u @ v_neg.T + b_neg + hist @ target[b:].T
             if state is None:
                 neg_loss = F.softplus(neg_logit).mean()
             else:
@@ -1013,7 +1038,8 @@ def user_vectors(ckpt: Checkpoint, user_ids, scenes, user_content, history: pd.D
     model.eval()
     content_dim = int(ckpt.config["content_dim"])
     user_map = _content_mapping(user_content)
-    out = np.zeros((len(users), int(ckpt.config["dim"])), dtype=np.float32)
+    id_dim = int(ckpt.config["id_dim"])
+    out = np.zeros((len(users), int(ckpt.config["dim"]) + id_dim), dtype=np.float32)
     uniq_users, user_rows = np.unique(users, return_inverse=True)
     bags = None
     if history is not None and len(history):
@@ -1029,7 +1055,9 @@ def user_vectors(ckpt: Checkpoint, user_ids, scenes, user_content, history: pd.D
             if bags is not None:
                 sums, counts = model.history_sums(bags, torch.from_numpy(user_rows[start:start + len(part)].astype(np.int64)))
                 pooled = sums / counts.clamp(min=1.0).unsqueeze(1)
-            out[start:start + len(part)] = model.user_vec(ui, content, si, history=pooled).numpy()
+            out[start:start + len(part), :-id_dim] = model.user_vec(ui, content, si, history=pooled).numpy()
+            if pooled is not None:
+                out[start:start + len(part), -id_dim:] = pooled.numpy()
     return out
 
 
@@ -1046,7 +1074,8 @@ def item_vectors(ckpt: Checkpoint, item_ids, item_content, fresh=None, pop=None)
     model.eval()
     content_dim = int(ckpt.config["content_dim"])
     item_map = _content_mapping(item_content)
-    vecs = np.zeros((len(items), int(ckpt.config["dim"])), dtype=np.float32)
+    id_dim = int(ckpt.config["id_dim"])
+    vecs = np.zeros((len(items), int(ckpt.config["dim"]) + id_dim), dtype=np.float32)
     bias = np.zeros(len(items), dtype=np.float32)
     with torch.no_grad():
         for start in range(0, len(items), INFERENCE_BLOCK):
@@ -1054,7 +1083,8 @@ def item_vectors(ckpt: Checkpoint, item_ids, item_content, fresh=None, pop=None)
             content = torch.from_numpy(_content_matrix(part, item_map, content_dim)[0])
             ii = torch.from_numpy(_codes(part, ckpt.item_index))
             v, b = model.item_vec(ii, content)
-            vecs[start:start + len(part)] = v.numpy()
+            vecs[start:start + len(part), :-id_dim] = v.numpy()
+            vecs[start:start + len(part), -id_dim:] = model._lookup(model.item_target, ii, None).numpy()
             bias[start:start + len(part)] = b.numpy()
         if fresh is not None or pop is not None:
             fresh = torch.as_tensor(np.zeros(len(items), bool) if fresh is None else np.asarray(fresh, dtype=bool).reshape(-1))

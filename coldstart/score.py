@@ -231,8 +231,8 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     dim = next(iter(item_content.values())).shape[0] if item_content else 1
     content = torch.from_numpy(np.stack([item_content.get(i, np.zeros(dim, np.float32)) for i in item_ids])
                                if len(item_ids) else np.zeros((0, dim), np.float32))
-    recent = (history.events.sort_values("event_ts", ascending=False).groupby("user_id")["item_id"]
-              .apply(lambda s: [item_index[i] for i in s if i in item_index][:REASON_HISTORY]).to_dict())
+    recent = recent_positions(history.events, item_index)
+    liked = np.array([f"similar to {t} you liked" for t in titles], dtype=object)  # reason per item, made once
     popular = popularity(history.events, run_date)
     consumed_by_user = consumed_positions(consumed, item_index)
     model_rows = pairs[pairs["segment"] != "new"].reset_index(drop=True)
@@ -247,7 +247,7 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
                                      latest.take(_rows_of(latest_rows, block_users)))
             block_consumed = [consumed_by_user.get(u, NOTHING) for u in block["user_id"]]
             values, positions = top_k_scores(user_vecs, matrix, k, block_consumed)
-            yield _model_batch(block, values, positions, recent, content, titles, item_ids, is_new, version, run_date)
+            yield _model_batch(block, values, positions, recent, content, liked, item_ids, is_new, version, run_date)
         if len(new_rows):
             yield _popular_batch(new_rows, popular, item_index, item_ids, is_new, k, run_date)
 
@@ -273,20 +273,50 @@ def _rows_of(positions: dict, users) -> np.ndarray:
     return np.concatenate(parts) if parts else NOTHING
 
 
-def _model_batch(block, scores, positions, recent, content, titles, item_ids, is_new, version, run_date) -> pa.RecordBatch:
+def recent_positions(events: pd.DataFrame, item_index: dict, per_user: int = REASON_HISTORY) -> dict[str, np.ndarray]:
+    """user_id -> positions (in ``item_index``) of the user's latest ``per_user`` events' active items, newest first."""
+    active = events[events["item_id"].isin(item_index)]
+    latest = active.sort_values(["user_id", "event_ts"], ascending=[True, False], kind="stable") \
+        .groupby("user_id", sort=False).head(per_user)
+    codes = latest["item_id"].map(item_index).to_numpy(np.int64)
+    return {user: codes[rows] for user, rows in latest.groupby("user_id", sort=False).indices.items()}
+
+
+REASON_ROWS = 256  # rows per batched similarity product of the reasons (memory: rows x (k + history) x dim)
+
+
+def _reasons(block, positions: np.ndarray, recent: dict, content, liked: np.ndarray) -> np.ndarray:
+    """(n, k) reason per recommended item: the user's recent item whose content is closest to it, in batches
+    of REASON_ROWS users (one padded batched product each); a user without recent items gets a fixed text."""
     import torch
 
     n, k = positions.shape
-    positions = np.where(np.isfinite(scores), positions, 0)  # -inf slots may point into the padding; dropped below
     reasons = np.empty((n, k), dtype=object)
-    for row, (user, has_profile) in enumerate(zip(block["user_id"].to_numpy(), block["has_profile"].to_numpy())):
-        hist = recent.get(user, [])
-        if not hist:
-            reasons[row, :] = "matches your profile" if has_profile else "based on your earlier activity"
-            continue
-        sims = content[torch.from_numpy(positions[row])] @ content[torch.tensor(hist)].T  # (k, h)
-        best = sims.argmax(dim=1).numpy()
-        reasons[row, :] = [f"similar to {titles[hist[b]]} you liked" for b in best]
+    users, has_profile = block["user_id"].to_numpy(), block["has_profile"].to_numpy()
+    hists = [recent.get(user, NOTHING) for user in users]
+    for row, hist in enumerate(hists):
+        if not len(hist):
+            reasons[row, :] = "matches your profile" if has_profile[row] else "based on your earlier activity"
+    with_history = np.flatnonzero([len(h) > 0 for h in hists])
+    for start in range(0, len(with_history), REASON_ROWS):
+        rows = with_history[start:start + REASON_ROWS]
+        width = max(len(hists[r]) for r in rows)
+        padded = np.zeros((len(rows), width), dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=bool)
+        for i, r in enumerate(rows):
+            padded[i, :len(hists[r])], mask[i, :len(hists[r])] = hists[r], True
+        sims = torch.bmm(content[torch.from_numpy(positions[rows])],
+                         content[torch.from_numpy(padded)].transpose(1, 2))  # (rows, k, width)
+        sims.masked_fill_(~torch.from_numpy(mask).unsqueeze(1), float("-inf"))
+        best = np.take_along_axis(padded, sims.argmax(dim=2).numpy(), axis=1)  # (rows, k) item positions
+        reasons[rows] = liked[best]
+    return reasons
+
+
+def _model_batch(block, scores, positions, recent, content, liked, item_ids, is_new, version, run_date) -> pa.RecordBatch:
+    n, k = positions.shape
+    positions = np.where(np.isfinite(scores), positions, 0)  # -inf slots may point into the padding; dropped below
+    reasons = _reasons(block, positions, recent, content, liked)
     valid = np.isfinite(scores).reshape(-1)
     flat_positions = positions.reshape(-1)[valid]
     return pa.RecordBatch.from_pydict({

@@ -135,19 +135,23 @@ def test_scoring_is_the_trained_logit(ckpt, data, world):
     users = ["t0-u00", "t1-u03", "nobody"]
     scenes = ["home", "search", "home"]
     items = ["t0-i01", "t2-i05"]
-    U = user_vectors(ckpt, users, scenes, data.user_content)
+    history = pd.DataFrame({"user_id": ["t0-u00", "t0-u00", "nobody"], "item_id": ["t0-i02", "t0-i03", "t1-i04"]})
+    U = user_vectors(ckpt, users, scenes, data.user_content, history)
     V, b = item_vectors(ckpt, items, world.item_content)
-    assert U.dtype == np.float32 and U.shape == (3, 16) and V.shape == (2, 16) and b.shape == (2,)
+    assert U.dtype == np.float32 and U.shape == (3, 32) and V.shape == (2, 32) and b.shape == (2,)  # [u; h], [v; q]
     scores = U @ V.T + b
     model = ckpt.model
     uc = torch.from_numpy(np.stack([data.user_content.get(u, np.zeros(CONTENT_DIM, np.float32)) for u in users]))
     ui = torch.tensor([ckpt.user_index.get(u, -1) for u in users])
     si = torch.tensor([ckpt.scene_index[s] for s in scenes])
+    hist_rows = model.item_hist.weight.detach()
+    pooled = torch.stack([hist_rows[[ckpt.item_index["t0-i02"], ckpt.item_index["t0-i03"]]].mean(0),
+                          torch.zeros(16), hist_rows[ckpt.item_index["t1-i04"]]])
     for j, item in enumerate(items):
         ii = torch.full((3,), ckpt.item_index[item])
         ic = torch.from_numpy(np.stack([world.item_content[item]] * 3))
         with torch.no_grad():
-            logit, _ = model(ui, uc, si, ii, ic)
+            logit, _ = model(ui, uc, si, ii, ic, pooled)
         np.testing.assert_allclose(scores[:, j], logit.numpy(), rtol=1e-4, atol=1e-4)
 
 
@@ -195,10 +199,11 @@ def test_grow_keeps_old_rows_bit_for_bit(ckpt, world):
     assert torch.equal(after["item_id.weight"][:ni], before["item_id.weight"])
     assert torch.equal(after["item_id_bias.weight"][:ni], before["item_id_bias.weight"])
     assert torch.equal(after["item_hist.weight"][:ni], before["item_hist.weight"])
+    assert torch.equal(after["item_target.weight"][:ni], before["item_target.weight"])
     assert torch.equal(after["scene.weight"][:ns], before["scene.weight"])
     assert after["user_id.weight"].shape[0] == nu + 2 and not after["user_id.weight"][nu:].any()
     assert not after["item_id.weight"][ni:].any() and not after["item_id_bias.weight"][ni:].any()
-    assert not after["item_hist.weight"][ni:].any()
+    assert not after["item_hist.weight"][ni:].any() and not after["item_target.weight"][ni:].any()
     mean_scene = before["scene.weight"].mean(0)
     for row in after["scene.weight"][ns:]:
         assert torch.equal(row, mean_scene)
@@ -207,7 +212,8 @@ def test_grow_keeps_old_rows_bit_for_bit(ckpt, world):
     assert grown.scene_index["aa-scene"] == ns and grown.scene_index["zz-scene"] == ns + 1
     assert all(grown.user_index[k] == v for k, v in ckpt.user_index.items())
     for k, v in before.items():
-        if k not in ("user_id.weight", "item_id.weight", "item_id_bias.weight", "item_hist.weight", "scene.weight"):
+        if k not in ("user_id.weight", "item_id.weight", "item_id_bias.weight", "item_hist.weight", "item_target.weight",
+                     "scene.weight"):
             assert torch.equal(after[k], v), k
     # a grown item (zero id row) scores exactly like an unknown one (content only)
     content = {"new-item": world.content(2)}
