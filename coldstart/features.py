@@ -67,6 +67,25 @@ def load_history(lake: Lake, settings: Settings, run_date: dt.date) -> History:
     return History(events)
 
 
+# Days of counts behind an item's recent popularity (model.recent_popularity): at a 3-day half-life,
+# a count this old weighs under 0.1 %.
+POPULARITY_DAYS = 30
+
+
+def day_numbers(dates) -> np.ndarray:
+    """Dates as int64 days since 1970-01-01 (the day unit of the model's item state)."""
+    return np.asarray(pd.to_datetime(pd.Series(dates)), dtype="datetime64[D]").astype(np.int64)
+
+
+def daily_item_counts(lake: Lake, first: dt.date, last: dt.date) -> pd.DataFrame:
+    """(item_id, day, count): interactions per item and run date in [first, last], day = day_numbers."""
+    table = lake.read_arrow("interactions", columns=["item_id", "run_date"],
+                            filters=[("run_date", ">=", first), ("run_date", "<=", last)])
+    counts = table.group_by(["item_id", "run_date"]).aggregate([([], "count_all")]).to_pandas()
+    return pd.DataFrame({"item_id": counts["item_id"], "day": day_numbers(counts["run_date"]),
+                         "count": counts["count_all"].astype(np.int64)})
+
+
 HISTORY_ITEMS = 100  # latest distinct items per user pooled by the model's user tower (bounds its cost)
 
 

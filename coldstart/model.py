@@ -923,10 +923,12 @@ class _Bags:
 
     def contains(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Whether each item is in its row's bag."""
+        if not len(self._keys):
+            return np.zeros(len(rows), dtype=bool)
         ok = (items >= 0) & (items < self._bound)
         query = rows.astype(np.int64) * self._bound + np.where(ok, items, 0)
-        pos = np.minimum(np.searchsorted(self._keys, query), max(len(self._keys) - 1, 0))
-        return ok & (len(self._keys) > 0) & (self._keys[pos] == query) if len(self._keys) else np.zeros(len(rows), bool)
+        pos = np.minimum(np.searchsorted(self._keys, query), len(self._keys) - 1)
+        return ok & (self._keys[pos] == query)
 
 
 def _history_bags(data: TrainingData, uniq_users: np.ndarray, item_index: Mapping[str, int]) -> _Bags:

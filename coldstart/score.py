@@ -33,7 +33,8 @@ import pyarrow as pa
 
 from coldstart.catalog import RECOMMENDATIONS
 from coldstart.config import Settings
-from coldstart.features import content_vectors, interactions, latest_items, load_history, user_content, window_start
+from coldstart.features import (POPULARITY_DAYS, content_vectors, daily_item_counts, day_numbers, interactions,
+                                latest_items, load_history, user_content, window_start)
 from coldstart.lake import Lake
 
 log = logging.getLogger("coldstart.score")
@@ -260,10 +261,9 @@ def serving_state(lake: Lake, items: pd.DataFrame, run_date: dt.date) -> tuple[n
     """(fresh, pop) of ``items`` (columns item_id, first_interaction) on the day the lists of run_date
     serve (D+1): fresh = no interaction up to D; pop = model.recent_popularity of the counts up to D."""
     from coldstart.model import recent_popularity
-    from coldstart.train import POPULARITY_DAYS, daily_item_counts
 
     fresh = (items["first_interaction"].isna() | (items["first_interaction"] > run_date)).to_numpy()
-    serve_day = (run_date + dt.timedelta(days=1) - dt.date(1970, 1, 1)).days
+    serve_day = int(day_numbers([run_date + dt.timedelta(days=1)])[0])
     counts = daily_item_counts(lake, run_date - dt.timedelta(days=POPULARITY_DAYS - 1), run_date)
     return fresh, recent_popularity(counts, items["item_id"].to_numpy(), [serve_day])[0]
 

@@ -23,7 +23,8 @@ import pandas as pd
 import pyarrow as pa
 
 from coldstart.config import Settings
-from coldstart.features import content_vectors, interactions, latest_items, user_content, window_start
+from coldstart.features import (POPULARITY_DAYS, content_vectors, daily_item_counts, day_numbers, interactions,
+                                latest_items, user_content, window_start)
 from coldstart.lake import Lake
 
 log = logging.getLogger("coldstart.train")
@@ -31,9 +32,6 @@ log = logging.getLogger("coldstart.train")
 # Half-life (days) of the replay sample's recency weighting: the last few days are replayed almost
 # whole, older history fills the rest of ``train_replay_sample`` uniformly.
 REPLAY_HALF_LIFE_DAYS = 2.0
-# Days of counts behind an item's recent popularity (model.recent_popularity): at a 3-day half-life,
-# a count this old weighs under 0.1 %.
-POPULARITY_DAYS = 30
 
 
 class NoTrainingDataError(RuntimeError):
@@ -123,30 +121,17 @@ def _holdout_of_today(n_replay: int, n_today: int, seed: int, run_date: dt.date)
     return mask
 
 
-def _day_numbers(dates) -> np.ndarray:
-    return np.asarray(pd.to_datetime(pd.Series(dates)), dtype="datetime64[D]").astype(np.int64)
-
-
-def daily_item_counts(lake: Lake, first: dt.date, last: dt.date) -> pd.DataFrame:
-    """(item_id, day, count): interactions per item and run date in [first, last], day = days since 1970-01-01."""
-    table = lake.read_arrow("interactions", columns=["item_id", "run_date"],
-                            filters=[("run_date", ">=", first), ("run_date", "<=", last)])
-    counts = table.group_by(["item_id", "run_date"]).aggregate([([], "count_all")]).to_pandas()
-    return pd.DataFrame({"item_id": counts["item_id"], "day": _day_numbers(counts["run_date"]),
-                         "count": counts["count_all"].astype(np.int64)})
-
-
 def item_state_inputs(lake: Lake, event_dates: pd.Series, catalogue: pd.DataFrame) -> dict:
     """The item-state arguments of TrainingData: event days, the items' catalogue and first-interaction
     days (days since 1970-01-01) and their daily counts over the days that weigh on the events' popularity;
     the first day with interactions is the start of history, where every item "debuts", so it teaches
     nothing about an item's state."""
     interacted = catalogue.dropna(subset=["first_interaction"])
-    first_interaction = dict(zip(interacted["item_id"], _day_numbers(interacted["first_interaction"])))
+    first_interaction = dict(zip(interacted["item_id"], day_numbers(interacted["first_interaction"])))
     first_event = pd.to_datetime(event_dates).min().date()
     counts = daily_item_counts(lake, first_event - dt.timedelta(days=POPULARITY_DAYS), pd.to_datetime(event_dates).max().date())
-    return {"event_days": _day_numbers(event_dates), "item_day_counts": counts,
-            "item_first_seen": dict(zip(catalogue["item_id"], _day_numbers(catalogue["first_seen"]))),
+    return {"event_days": day_numbers(event_dates), "item_day_counts": counts,
+            "item_first_seen": dict(zip(catalogue["item_id"], day_numbers(catalogue["first_seen"]))),
             "item_first_interaction": first_interaction,
             "fresh_from": min(first_interaction.values()) if first_interaction else None}
 
