@@ -1,6 +1,8 @@
 """Thin spark-submit entry points: args -> settings -> session -> one library call.
 
-``jobs/<stage>.py`` calls :func:`main` with its stage name; the DAG submits those files.
+``jobs/<stage>.py`` calls :func:`main` with its stage name; the DAG submits those files. Only the
+stages that run Spark jobs start a session (``pipeline.needs_spark``): train and score work on
+Delta through delta-rs, so their job holds no Spark driver heap and no Python workers.
 """
 
 from __future__ import annotations
@@ -22,16 +24,20 @@ def parse_args(stage: str, argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(stage: str, argv: list[str] | None = None) -> int:
     from coldstart.config import Settings
-    from coldstart.pipeline import run_stage
+    from coldstart.pipeline import needs_spark, run_stage
     from coldstart.spark import get_session
 
     args = parse_args(stage, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     settings = Settings.load(args.config)
-    spark = get_session(settings, app_name=f"coldstart-{stage}-{args.run_date}")
+    spark = get_session(settings, app_name=f"coldstart-{stage}-{args.run_date}") if needs_spark(stage) else None
     try:
         result = run_stage(stage, settings, args.run_date, spark=spark, full_retrain=args.full_retrain, top_k=args.top_k)
         logging.getLogger("coldstart.jobs").info("%s %s: %s", stage, args.run_date, result)
     finally:
-        spark.stop()
+        from pyspark.sql import SparkSession
+
+        active = SparkSession.getActiveSession()  # evaluate's ALS baseline may have started one
+        if active is not None:
+            active.stop()
     return 0

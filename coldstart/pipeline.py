@@ -12,6 +12,13 @@ from coldstart.config import Settings
 log = logging.getLogger("coldstart.pipeline")
 
 STAGES = ("ingest", "embed", "train", "score", "evaluate")
+# Stages that run Spark jobs. The others read and write Delta through delta-rs; evaluate starts a
+# session itself only when the ALS baseline needs one.
+SPARK_STAGES = ("ingest", "embed")
+
+
+def needs_spark(stage: str) -> bool:
+    return stage in SPARK_STAGES
 
 
 def run_stage(stage: str, settings: Settings, run_date: dt.date, spark=None, full_retrain: bool = False,
@@ -19,7 +26,7 @@ def run_stage(stage: str, settings: Settings, run_date: dt.date, spark=None, ful
     """Run one stage for one run date (idempotent for that date)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    if spark is None and stage in ("ingest", "embed"):
+    if spark is None and needs_spark(stage):
         from coldstart.spark import get_session
         spark = get_session(settings, app_name=f"coldstart-{stage}")
     started = time.perf_counter()

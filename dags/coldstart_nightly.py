@@ -67,8 +67,10 @@ class StageOperator(SparkSubmitOperator):
     """spark-submit jobs/<stage>.py --run-date D, skippable by params.skip_stages."""
 
     def __init__(self, *, stage: str, **kwargs):
+        # The driver's JVM is started by spark-submit, before the job's session builder runs, so
+        # spark.driver.memory only takes effect when it is passed here.
         super().__init__(task_id=stage, application=str(JOBS / f"{stage}.py"), name=f"coldstart-{stage}",
-                         conn_id="spark_default", **kwargs)
+                         conn_id="spark_default", driver_memory=SETTINGS.spark_driver_memory, **kwargs)
         self.stage = stage
 
     def execute(self, context):
