@@ -28,24 +28,30 @@ OUTPUT_DDL = ("entity_type string, entity_id string, encoder string, content_has
               "embedding array<float>, dim int, run_date date")
 
 
-def worker_threads(settings: Settings) -> int:
-    """torch threads for one Python worker: with local[k], k workers share the machine's cores."""
+# Texts per encoding task. A night's few thousand new entities are one task: one Python worker, one
+# encoder in memory (about 0.8 GiB) using all the cores, instead of an encoder per core at the same
+# speed; a catalogue is split over the cores (bench/results/nightly_scale.md).
+TEXTS_PER_TASK = 4096
+
+
+def worker_threads(settings: Settings, tasks: int | None = None) -> int:
+    """torch threads for one Python worker: with local[k], min(k, tasks) workers share the machine's cores."""
     if settings.encoder_threads:
         return settings.encoder_threads
     cores = os.cpu_count() or 1
     match = re.fullmatch(r"local\[(\d+|\*)(?:,\d+)?\]", settings.spark_master)
-    tasks = (cores if match.group(1) == "*" else int(match.group(1))) if match else 1
-    return max(1, cores // max(1, tasks))
+    slots = (cores if match.group(1) == "*" else int(match.group(1))) if match else 1
+    return max(1, cores // max(1, min(slots, tasks or slots)))
 
 
-def encode_partitions(settings: Settings, run_date: dt.date):
+def encode_partitions(settings: Settings, run_date: dt.date, tasks: int | None = None):
     """mapInPandas function: (entity_type, entity_id, content_text, content_hash) -> embedding rows."""
     def run(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import torch
 
         from coldstart.encoder import get_encoder
 
-        torch.set_num_threads(worker_threads(settings))
+        torch.set_num_threads(worker_threads(settings, tasks))
         encoder = get_encoder(settings)  # once per Python worker
         for frame in frames:
             if frame.empty:
@@ -91,8 +97,8 @@ def embed(spark, settings: Settings, run_date: dt.date) -> dict:
     log.info("embed %s: %d item(s) and %d user(s) to encode with %s", run_date, counts.get("item", 0),
              counts.get("user", 0), settings.encoder_name)
     if total:
-        parts = max(1, min(settings.spark_shuffle_partitions, total // 256 + 1))
-        encoded = todo.repartition(parts).mapInPandas(encode_partitions(settings, run_date), OUTPUT_DDL)
+        parts = max(1, min(settings.spark_shuffle_partitions, -(-total // TEXTS_PER_TASK)))
+        encoded = todo.repartition(parts).mapInPandas(encode_partitions(settings, run_date, parts), OUTPUT_DDL)
         lake.merge_spark(encoded, "entity_embeddings")
     todo.unpersist()
     return {"items": counts.get("item", 0), "users": counts.get("user", 0)}

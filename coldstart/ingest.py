@@ -33,7 +33,9 @@ from coldstart.landing import SOURCES, day_files
 
 log = logging.getLogger("coldstart.ingest")
 
-BATCH_ROWS = 50_000
+# Rows per validated batch. 10k keeps a worker's peak at about 170 MB on a 250k-line JSONL file (300 MB at
+# 50k) at the same speed (bench/results/nightly_scale.md).
+BATCH_ROWS = 10_000
 # Ids, event types and scenes are short by nature; a longer one is garbage, not data.
 SHORT_TEXT_CHARS = 256
 
@@ -628,7 +630,7 @@ def ingest(spark, settings: Settings, run_date: dt.date) -> dict:
     cached = []
 
     def keep(df):
-        df = df.persist(StorageLevel.MEMORY_AND_DISK)
+        df = df.persist(StorageLevel.DISK_ONLY)
         cached.append(df)
         return df
 

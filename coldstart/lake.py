@@ -152,7 +152,6 @@ class Lake:
             raise
         log.info("%s: replaced partition %s with %d rows", name, predicate, count)
         return count
-        return count
 
     def merge(self, name: str, data: pa.Table, preserve: Iterable[str] = (), combine: Mapping[str, str] | None = None) -> dict:
         """Upsert by the catalog key. Columns in ``preserve`` keep their stored value on update;

@@ -180,11 +180,6 @@ def _content_matrix(ids: Iterable[str], content: Mapping[str, Any], dim: int) ->
     return out, present
 
 
-def _normalise(mat: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(mat, axis=-1, keepdims=True)
-    return np.divide(mat, norms, out=np.zeros_like(mat), where=norms > 0)
-
-
 def pool_user_content(user_ids, item_ids, item_content, profile_content=None, weights=None,
                       *, profile_weight: float = 2.0) -> dict[str, np.ndarray]:
     """Content vector per user from the items they interacted with, blended with their profile.
@@ -210,10 +205,10 @@ def pool_user_content(user_ids, item_ids, item_content, profile_content=None, we
 
     import scipy.sparse as sp
 
-    # history part: one sparse (user x item) weight matrix times the item content matrix, so memory is
-    # the users' vectors, never an (events x dim) copy
+    # history part: one sparse (user x item) weight matrix times the item content matrix, in float32
+    # and in place, so memory is one (users x dim) matrix, never an (events x dim) copy
     hist_users = np.empty(0, dtype=object)
-    hist_means = np.zeros((0, dim), dtype=np.float64)
+    hist_means = np.zeros((0, dim), dtype=np.float32)
     hist_totals = np.zeros(0, dtype=np.float64)
     if len(users):
         uniq_items, item_codes = np.unique(items, return_inverse=True)
@@ -224,36 +219,49 @@ def pool_user_content(user_ids, item_ids, item_content, profile_content=None, we
             weights_matrix = sp.csr_matrix((w[keep], (user_codes, item_codes[keep])),
                                            shape=(len(hist_users), len(uniq_items)))
             hist_totals = np.asarray(weights_matrix.sum(axis=1)).ravel()
-            hist_means = _normalise(np.asarray(weights_matrix @ mat.astype(np.float64)) / hist_totals[:, None])
+            hist_means = np.asarray(weights_matrix.astype(np.float32) @ mat)
+            hist_means /= hist_totals[:, None].astype(np.float32)
+            _normalise_rows(hist_means)
 
     # profile part: valid profiles (right size, finite, not all zero), normalised
     prof_users = np.array(sorted(prof_map), dtype=object)
-    prof_mat = np.zeros((len(prof_users), dim), dtype=np.float64)
+    prof_mat = np.zeros((len(prof_users), dim), dtype=np.float32)
     prof_ok = np.zeros(len(prof_users), dtype=bool)
     for row, user in enumerate(prof_users):
         vec = prof_map[user]
         if vec is None:
             continue
-        vec = np.asarray(vec, dtype=np.float64).reshape(-1)
+        vec = np.asarray(vec, dtype=np.float32).reshape(-1)
         if vec.shape[0] == dim and np.all(np.isfinite(vec)) and np.any(vec):
             prof_mat[row], prof_ok[row] = vec, True
-    prof_users, prof_mat = prof_users[prof_ok], _normalise(prof_mat[prof_ok])
+    prof_users, prof_mat = prof_users[prof_ok], _normalise_rows(prof_mat[prof_ok])
 
     # blend: the profile counts as profile_weight events
-    everyone = np.union1d(hist_users.astype(str), prof_users.astype(str)).astype(object)
-    out = np.zeros((len(everyone), dim), dtype=np.float64)
-    n = np.zeros(len(everyone))
-    has_hist = np.zeros(len(everyone), dtype=bool)
-    if len(hist_users):
-        at = np.searchsorted(everyone.astype(str), hist_users.astype(str))
-        out[at], n[at], has_hist[at] = hist_means, hist_totals, True
-    if len(prof_users):
+    if not len(prof_users):
+        everyone, out = hist_users, hist_means  # history only: the means are the result, no copy
+    else:
+        everyone = np.union1d(hist_users.astype(str), prof_users.astype(str)).astype(object)
+        out = np.zeros((len(everyone), dim), dtype=np.float32)
+        n = np.zeros(len(everyone))
+        has_hist = np.zeros(len(everyone), dtype=bool)
+        if len(hist_users):
+            at = np.searchsorted(everyone.astype(str), hist_users.astype(str))
+            out[at], n[at], has_hist[at] = hist_means, hist_totals, True
         at = np.searchsorted(everyone.astype(str), prof_users.astype(str))
-        share = np.where(has_hist[at], n[at] / (n[at] + profile_weight), 0.0)[:, None]
+        share = np.where(has_hist[at], n[at] / (n[at] + profile_weight), 0.0)[:, None].astype(np.float32)
         out[at] = share * out[at] + (1.0 - share) * prof_mat
-    out = _normalise(out).astype(np.float32)
+        _normalise_rows(out)
     nonzero = np.linalg.norm(out, axis=1) > 0
-    return dict(zip((str(u) for u in everyone[nonzero]), out[nonzero]))
+    if not nonzero.all():
+        everyone, out = everyone[nonzero], out[nonzero]
+    return dict(zip((str(u) for u in everyone), out))
+
+
+def _normalise_rows(mat: np.ndarray) -> np.ndarray:
+    """L2-normalise the rows of a float matrix in place (all-zero rows stay zero); returns it."""
+    norms = np.linalg.norm(mat, axis=1, keepdims=True)
+    np.divide(mat, norms, out=mat, where=norms > 0)
+    return mat
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,6 +682,7 @@ def _auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+@torch.no_grad()  # metrics only: no autograd graph over the validation tensors
 def _evaluate(model: InterestModel, u_idx, u_content, s_idx, i_idx, values, item_content_all,
               gen: torch.Generator, history: torch.Tensor | None = None) -> dict[str, Any]:
     model.eval()

@@ -66,3 +66,16 @@ def test_a_new_encoder_name_re_embeds_and_leaves_old_rows(spark, settings):
     rows = embeddings(lake)
     assert set(rows.index.get_level_values("encoder")) == {settings.encoder_name, "minilm-v2-maxlen64"}
     assert rows.loc[("item", "a", settings.encoder_name), "run_date"] == D1
+
+
+def test_a_small_night_is_one_task_with_every_core(settings, monkeypatch):
+    """A night's few new entities take one Python worker (one encoder in memory) that uses all the
+    cores; a catalogue is split over the local slots, each worker with its share of the cores."""
+    from coldstart.embed import worker_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    local4 = settings.replace(spark_master="local[4]", encoder_threads=0)
+    assert worker_threads(local4, tasks=1) == 8
+    assert worker_threads(local4, tasks=2) == 4
+    assert worker_threads(local4, tasks=16) == 2  # more tasks than slots: 4 run at once
+    assert worker_threads(local4.replace(encoder_threads=3), tasks=1) == 3  # an explicit setting wins
