@@ -5,17 +5,22 @@
     .venv/bin/python bench/nightly_scale.py --scale 0.1           # quick smoke run
     .venv/bin/python bench/nightly_scale.py --scale 0.05 --history-days 30 --skip-als   # history independence
 
-What it does, in one process and one Spark session (``coldstart.pipeline.run_stage``):
+What it does:
 
 1. ``coldstart synth`` writes the landing days (``--scale`` multiplies users, items, events and the
    daily new users/items);
 2. nights 1..N run every stage with ``baselines=False``; the last night is the steady state that is
-   reported (the first one embeds the whole catalog). A background thread samples the RSS of this
-   process tree every 0.5 s (driver Python, the JVM, Spark's Python workers), reset per stage;
+   reported (the first one embeds the whole catalog). Each stage is one ``spark-submit
+   jobs/<stage>.py --run-date D`` job with ``--driver-memory``, as the DAG runs it; a background
+   thread samples the RSS of the job's process tree every 0.5 s (the JVM, the driver's Python,
+   Spark's Python workers). A night's peak is its largest stage's. The stage's time is its own "done
+   in" log line (the JVM start is in the wall time, reported beside it). ``--in-process`` runs the
+   stages in this process with one Spark session instead (``coldstart run``'s way), whose memory
+   then carries from stage to stage;
 3. every ``coldstart.*`` log line of the last night is kept with its time since the stage started,
    which gives the stages' phases;
-4. the slowest stage of the last night is run again under cProfile (stages are idempotent for
-   their date), and its top functions are printed;
+4. the slowest stage of the last night is run again in this process under cProfile (stages are
+   idempotent for their date), and its top functions are printed;
 5. Spark ALS (implicit, rank 64, 10 iterations) is fitted on all the nights' interactions and
    ``recommendForAllUsers(50)`` is written to Parquet, in a child process with its own JVM, so that
    its peak memory is its own (the same Spark settings as the pipeline's session).
@@ -30,6 +35,7 @@ so that both timed nights have the same number of active users and items.
 from __future__ import annotations
 
 import argparse
+import ast
 import cProfile
 import datetime as dt
 import io
@@ -37,6 +43,7 @@ import json
 import logging
 import os
 import pstats
+import re
 import shutil
 import subprocess
 import sys
@@ -47,7 +54,8 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from coldstart.config import Settings  # noqa: E402
 from coldstart.synth import SynthConfig, synth  # noqa: E402
@@ -60,9 +68,11 @@ class MemorySampler(threading.Thread):
     """Peak RSS of a process tree (root and all descendants), split into the root's own Python,
     the JVM(s) and other Python processes (Spark's workers)."""
 
-    def __init__(self, root_pid: int | None = None, interval: float = 0.5):
+    def __init__(self, root_pid: int | None = None, interval: float = 0.5, driver_marker: str | None = None):
         super().__init__(daemon=True)
         self.root = psutil.Process(root_pid or os.getpid())
+        # With spark-submit the root is the JVM and the driver is its Python child running the job file.
+        self.driver_marker = driver_marker
         self.interval, self.stop_flag = interval, threading.Event()
         self.lock = threading.Lock()
         self.peak = self._zero()
@@ -71,18 +81,24 @@ class MemorySampler(threading.Thread):
     def _zero() -> dict:
         return {"driver": 0, "jvm": 0, "python_workers": 0, "total": 0}
 
+    def _kind(self, process: psutil.Process) -> str:
+        if "java" in process.name():
+            return "jvm"
+        if self.driver_marker is None:
+            return "driver" if process.pid == self.root.pid else "python_workers"
+        return "driver" if any(self.driver_marker in part for part in process.cmdline()) else "python_workers"
+
     def sample(self) -> dict:
+        now = {"driver": 0, "jvm": 0, "python_workers": 0}
         try:
-            now = {"driver": self.root.memory_info().rss, "jvm": 0, "python_workers": 0}
-            children = self.root.children(recursive=True)
+            processes = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
             return self._zero()
-        for child in children:
+        for process in processes:
             try:
-                rss, name = child.memory_info().rss, child.name()
+                now[self._kind(process)] += process.memory_info().rss
             except psutil.Error:
                 continue
-            now["jvm" if "java" in name else "python_workers"] += rss
         now["total"] = sum(now.values())
         return now
 
@@ -151,25 +167,86 @@ def bulk_landing(landing: Path, days: list[dt.date], into: dt.date) -> None:
         mark_complete(target)
 
 
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ (coldstart[\w.]*): (.*)$")
+
+
+def write_config(path: Path, settings: Settings) -> Path:
+    """The settings as the TOML file a job reads (--config)."""
+    lines = [f"{key} = {json.dumps(value)}" for key, value in settings.as_dict().items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_job(stage: str, day: dt.date, config: Path, args) -> dict:
+    """One stage as the DAG runs it: `spark-submit jobs/<stage>.py --run-date D` in its own process
+    tree, whose peak RSS is sampled. seconds = the stage's own time (its "done in" log line, without
+    the JVM start); wall_s = the whole job."""
+    from coldstart.orchestration import spark_environment
+
+    job = ROOT / "jobs" / f"{stage}.py"
+    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local[2]", "--driver-memory",
+           args.driver_memory, "--conf", "spark.ui.enabled=false", str(job), "--run-date", day.isoformat(),
+           "--config", str(config)]
+    env = {**os.environ, **spark_environment(), "SPARK_LOCAL_IP": "127.0.0.1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    sampler = MemorySampler(proc.pid, driver_marker=str(job))
+    sampler.start()
+    lines = [line.rstrip("\n") for line in proc.stdout]
+    proc.wait()
+    wall = time.perf_counter() - t0
+    sampler.stop_flag.set()
+    if proc.returncode:
+        raise RuntimeError(f"{stage} {day} failed ({proc.returncode}):\n" + "\n".join(lines[-40:]))
+    log, start, seconds = [], None, wall
+    for line in lines:
+        match = LOG_LINE.match(line)
+        if not match:
+            continue
+        when = dt.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        start = when if start is None and match.group(3).startswith("===") else start
+        if start is not None:
+            log.append((when - start, match.group(2), match.group(3)))
+        done = re.search(r"done in ([\d.]+) s ===", match.group(3))
+        seconds = float(done.group(1)) if done else seconds
+        if match.group(2) == "coldstart.jobs":  # the job's last line: "<stage> <date>: <result dict>"
+            try:
+                result = ast.literal_eval(match.group(3).split(": ", 1)[1])
+            except (ValueError, SyntaxError, IndexError):
+                result = {}
+    return {"seconds": seconds, "wall_s": wall, "peak_gib": sampler.take(), "log": log,
+            "result": json.loads(json.dumps(locals().get("result", {}), default=str))}
+
+
 def run_night(spark, settings, day, sampler: MemorySampler, stage_log: StageLog, keep_log: bool,
-              skip: tuple = ()) -> dict:
+              skip: tuple = (), args=None, config: Path | None = None) -> dict:
+    """Every stage of one night: as spark-submit jobs (``config`` given), else in this process."""
     from coldstart.pipeline import run_stage
 
     night = {"date": day.isoformat(), "load_start": load(), "stages": {}}
     sampler.take()
     for stage in (s for s in STAGES if s not in skip):
-        started_wall, t0 = time.time(), time.perf_counter()
-        result = run_stage(stage, settings, day, spark=spark)
-        seconds = time.perf_counter() - t0
-        entry = {"seconds": seconds, "peak_gib": sampler.take(), "load_end": load(),
-                 "result": json.loads(json.dumps(result, default=str))}
-        if keep_log:
-            entry["log"] = stage_log.since(started_wall)
+        if config is not None:
+            entry = run_job(stage, day, config, args)
+            entry["load_end"] = load()
+            if not keep_log:
+                entry.pop("log")
+        else:
+            started_wall, t0 = time.time(), time.perf_counter()
+            result = run_stage(stage, settings, day, spark=spark)
+            seconds = time.perf_counter() - t0
+            entry = {"seconds": seconds, "wall_s": seconds, "peak_gib": sampler.take(), "load_end": load(),
+                     "result": json.loads(json.dumps(result, default=str))}
+            if keep_log:
+                entry["log"] = stage_log.since(started_wall)
         night["stages"][stage] = entry
-        print(f"  {day} {stage:<8} {seconds:7.1f} s  peak total {entry['peak_gib']['total']:.2f} GiB "
-              f"(jvm {entry['peak_gib']['jvm']:.2f}, driver {entry['peak_gib']['driver']:.2f}, "
-              f"workers {entry['peak_gib']['python_workers']:.2f})  load {entry['load_end']}", flush=True)
+        print(f"  {day} {stage:<8} {entry['seconds']:7.1f} s (wall {entry['wall_s']:.1f})  peak total "
+              f"{entry['peak_gib']['total']:.2f} GiB (jvm {entry['peak_gib']['jvm']:.2f}, driver "
+              f"{entry['peak_gib']['driver']:.2f}, workers {entry['peak_gib']['python_workers']:.2f})  "
+              f"load {entry['load_end']}", flush=True)
     night["seconds"] = sum(s["seconds"] for s in night["stages"].values())
+    night["wall_s"] = sum(s["wall_s"] for s in night["stages"].values())
     night["peak_total_gib"] = max(s["peak_gib"]["total"] for s in night["stages"].values())
     return night
 
@@ -260,7 +337,7 @@ def _night_rows(nights: list[dict], label: str) -> list[str]:
     for n in nights:
         cells = [f"{n['stages'][s]['seconds']:.1f}" if s in n["stages"] else "-" for s in STAGES]
         rows.append(f"| {label} | {n['date']} | " + " | ".join(cells)
-                    + f" | **{n['seconds']:.1f}** | {n['peak_total_gib']:.2f} | {n['load_start']} |")
+                    + f" | **{n['seconds']:.1f}** | {n['wall_s']:.1f} | {n['peak_total_gib']:.2f} | {n['load_start']} |")
     return rows
 
 
@@ -279,10 +356,11 @@ def markdown(args, arm: dict, als: dict | None, profile: tuple | None, setup: di
     last = nights[-1]
     lines = [f"### Run {dt.datetime.now():%Y-%m-%d %H:%M}: `{' '.join(sys.argv)}`", "",
              f"{os.cpu_count()} cores, Spark {setup['spark_master']}, driver memory {args.driver_memory}, "
-             f"baselines off; synth {_describe(cfg)} (synth {arm['synth_s']:.0f} s; Spark session start "
-             f"{setup['session_s']:.0f} s, not in the nights). Load average (1/5/15 min) at start {setup['load_start']}.",
-             "", "| lake | night | " + " | ".join(STAGES) + " | total s | peak tree GiB | load at start |",
-             "|---" * (len(STAGES) + 5) + "|"]
+             f"stages run {setup['mode']}, baselines off; synth {_describe(cfg)} (synth {arm['synth_s']:.0f} s). "
+             f"Load average (1/5/15 min) at start {setup['load_start']}. Stage seconds are the stages' own; "
+             "wall s adds each job's JVM and session start.",
+             "", "| lake | night | " + " | ".join(STAGES) + " | total s | wall s | peak GiB | load at start |",
+             "|---" * (len(STAGES) + 6) + "|"]
     lines += _night_rows(nights, "3 days")
     if history:
         lines += _night_rows(history["nights"], f"{args.history_days} days")
@@ -317,7 +395,8 @@ def markdown(args, arm: dict, als: dict | None, profile: tuple | None, setup: di
                   f"| ALS fit | {als['fit_s']:.1f} | | |",
                   f"| ALS recommendForAllUsers(50) to Parquet | {als['recommend_s']:.1f} | | |",
                   f"| ALS fit + recommend | {als_total:.1f} | {als['peak_gib']['total']:.2f} | {als['peak_gib']['jvm']:.2f} |",
-                  "", f"Ratio our night / ALS fit+recommend: **{ours / als_total:.2f}x**. ALS on {als['pairs']:,} "
+                  "", f"Ratio our night / ALS fit+recommend: **{ours / als_total:.2f}x** (wall, with our jobs' "
+                  f"JVM starts: {last['wall_s'] / als_total:.2f}x). ALS on {als['pairs']:,} "
                   f"(user, item) pairs, {als['users']:,} users listed, {als['distinct_items']:,} items; "
                   f"load {als['load_start']} -> {als['load_end']}."]
     lines += ["", "Phases of the last night (its log lines, seconds since the stage started):", "", "```"]
@@ -343,6 +422,7 @@ def run_arm(spark, root: Path, args, cfg: SynthConfig, sampler, stage_log, histo
     from coldstart.pipeline import run_stage
 
     settings = arm_settings(root, args)
+    config = None if args.in_process else write_config(root.parent / f"{root.name}.toml", settings)
     arm = {"root": str(root), "config": cfg, "load_start": load()}
     t0 = time.perf_counter()
     synth(settings.landing, cfg)
@@ -357,17 +437,27 @@ def run_arm(spark, root: Path, args, cfg: SynthConfig, sampler, stage_log, histo
         bulk_day = dates[-2]
         bulk_landing(Path(settings.landing), dates[:-1], bulk_day)
         t0 = time.perf_counter()
-        run_stage("ingest", settings.replace(lateness_days=len(dates)), bulk_day, spark=spark)
+        # the bulk night is set-up, not timed: its lateness window accepts every history day, and its
+        # cold train may take fewer epochs over all history (--bootstrap-epochs)
+        bulk_settings = settings.replace(lateness_days=len(dates),
+                                         train_epochs_full=args.bootstrap_epochs or settings.train_epochs_full)
+        bulk_config = None if config is None else write_config(root.parent / f"{root.name}-bulk.toml", bulk_settings)
+        if config is None:
+            run_stage("ingest", bulk_settings, bulk_day, spark=spark)
+        else:
+            run_job("ingest", bulk_day, bulk_config, args)
         arm["bootstrap_ingest_s"] = time.perf_counter() - t0
         print(f"[{root.name}] bulk ingest of {len(dates) - 1} days as {bulk_day}: {arm['bootstrap_ingest_s']:.1f} s",
               flush=True)
-        nights = [run_night(spark, settings, bulk_day, sampler, stage_log, keep_log=False, skip=("ingest",))]
+        nights = [run_night(spark, bulk_settings, bulk_day, sampler, stage_log, keep_log=False, skip=("ingest",),
+                            args=args, config=bulk_config)]
         full_nights = dates[-1:]
     else:
         nights = []
     for day in full_nights:
         print(f"[{root.name}] night {day} (load {load()})", flush=True)
-        nights.append(run_night(spark, settings, day, sampler, stage_log, keep_log=day == full_nights[-1]))
+        nights.append(run_night(spark, settings, day, sampler, stage_log, keep_log=day == full_nights[-1],
+                                args=args, config=config))
     arm["nights"] = nights
     arm["settings"] = settings
     return arm
@@ -379,6 +469,9 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=3, help="nights to run (the last one is reported)")
     parser.add_argument("--history-days", type=int, default=0,
                         help="also run a lake with this many days of history (bulk-ingested) and compare its night")
+    parser.add_argument("--bootstrap-epochs", type=int, default=0,
+                        help="epochs of the history lake's cold train over all bulk-ingested days (0 = the setting "
+                             "train_epochs_full); that night is set-up, not timed")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--profile-share", type=float, default=0.0,
                         help="share of users with a profile (0 by default: with profiles, train and score fail on "
@@ -388,6 +481,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--skip-als", action="store_true")
     parser.add_argument("--no-profile", action="store_true", help="do not rerun the slowest stage under cProfile")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run the stages in this process with one Spark session (as `coldstart run` does) "
+                             "instead of one spark-submit job per stage (as the DAG does)")
     parser.add_argument("--out", default=None, help="append the markdown results here")
     parser.add_argument("--json", default=None, help="write the raw results here")
     parser.add_argument("--als-child", action="store_true", help=argparse.SUPPRESS)
@@ -416,10 +512,16 @@ def main() -> None:
 
     sampler = MemorySampler()
     sampler.start()
-    t0 = time.perf_counter()
-    spark = get_session(arm_settings(root, args), app_name="nightly-scale")
-    spark.range(1).count()
-    setup["session_s"] = time.perf_counter() - t0
+
+    def session():
+        t0 = time.perf_counter()
+        spark = get_session(arm_settings(root, args), app_name="nightly-scale")
+        spark.range(1).count()
+        setup.setdefault("session_s", time.perf_counter() - t0)
+        return spark
+
+    setup["mode"] = "in one process" if args.in_process else "one spark-submit job per stage"
+    spark = session() if args.in_process else None
 
     cfg = scaled_config(args)
     arm = run_arm(spark, root / "days", args, cfg, sampler, stage_log)
@@ -433,10 +535,12 @@ def main() -> None:
         last, day = arm["nights"][-1], cfg.day(cfg.days - 1)
         slowest = max(STAGES, key=lambda s: last["stages"][s]["seconds"])
         print(f"profiling {slowest} of {day}", flush=True)
+        spark = spark or session()
         seconds, text = profile_stage(spark, arm["settings"], day, slowest)
         profile = (slowest, seconds, text)
     sampler.stop_flag.set()
-    spark.stop()
+    if spark is not None:
+        spark.stop()
 
     als = None
     if not args.skip_als:
