@@ -682,7 +682,6 @@ def _auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-@torch.no_grad()  # metrics only: no autograd graph over the validation tensors
 def _evaluate(model: InterestModel, u_idx, u_content, s_idx, i_idx, values, item_content_all,
               gen: torch.Generator, history: torch.Tensor | None = None) -> dict[str, Any]:
     model.eval()
