@@ -199,7 +199,7 @@ def run_job(stage: str, day: dt.date, config: Path, args) -> dict:
     sampler.stop_flag.set()
     if proc.returncode:
         raise RuntimeError(f"{stage} {day} failed ({proc.returncode}):\n" + "\n".join(lines[-40:]))
-    log, start, seconds = [], None, wall
+    log, start, seconds, result = [], None, wall, {}
     for line in lines:
         match = LOG_LINE.match(line)
         if not match:
@@ -216,7 +216,7 @@ def run_job(stage: str, day: dt.date, config: Path, args) -> dict:
             except (ValueError, SyntaxError, IndexError):
                 result = {}
     return {"seconds": seconds, "wall_s": wall, "peak_gib": sampler.take(), "log": log,
-            "result": json.loads(json.dumps(locals().get("result", {}), default=str))}
+            "result": json.loads(json.dumps(result, default=str))}
 
 
 def run_night(spark, settings, day, sampler: MemorySampler, stage_log: StageLog, keep_log: bool,
