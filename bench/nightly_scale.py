@@ -26,8 +26,9 @@ What it does:
    its peak memory is its own (the same Spark settings as the pipeline's session).
 
 ``--history-days H`` also builds a second lake in the same session: H+1 synthetic days, of which
-days 1..H are moved into one landing folder and ingested as one bulk night (with a lateness window
-that accepts them all), followed by that night's other stages; day H+1 is the timed night, compared
+days 1..H-1 are moved into one landing folder and ingested as one bulk night (with a lateness window
+that accepts them all), followed by that night's other stages; day H is a full ordinary night (so
+the timed night's lateness window holds one ordinary day) and day H+1 is the timed night, compared
 stage by stage with night 3 of the 3-day lake. The daily new users and items are divided by (H+1)/3,
 so that both timed nights have the same number of active users and items.
 """
@@ -373,8 +374,9 @@ def markdown(args, arm: dict, als: dict | None, profile: tuple | None, setup: di
     if history:
         h_last = history["nights"][-1]
         lines += ["", f"History independence: {args.history_days} days of history ({_describe(history['config'])}); "
-                  f"days 1..{args.history_days} bulk-ingested in {history['bootstrap_ingest_s']:.0f} s as one landing "
-                  f"day, then that night's other stages, then the timed night {h_last['date']}: {_active(h_last)}.", "",
+                  f"days 1..{args.history_days - 1} bulk-ingested in {history['bootstrap_ingest_s']:.0f} s as one landing "
+                  f"day, then that night's other stages, then day {args.history_days} as an ordinary night, then the "
+                  f"timed night {h_last['date']}: {_active(h_last)}.", "",
                   "| stage | after 3 days (s) | after " + str(args.history_days) + " days (s) | ratio |",
                   "|---|---|---|---|"]
         for s in STAGES:
@@ -431,11 +433,12 @@ def run_arm(spark, root: Path, args, cfg: SynthConfig, sampler, stage_log, histo
     dates = [cfg.day(d) for d in range(cfg.days)]
     full_nights = dates
     if history_days:
-        # Days 0..H-1 land as one bulk day (the last history day), ingested with a lateness window
-        # that accepts all of them; then day H is the timed night. The bulk night is a full night too
-        # (it embeds the catalog and trains cold on all history) so that night H warm-starts.
-        bulk_day = dates[-2]
-        bulk_landing(Path(settings.landing), dates[:-1], bulk_day)
+        # Days 0..H-2 land as one bulk day, ingested with a lateness window that accepts all of them;
+        # then days H-1 and H run as full nights, and H is the timed one. The bulk night is a full night
+        # too (it embeds the catalog and trains cold on all history) so that night H-1 warm-starts; the
+        # regular night H-1 makes the timed night's lateness window one ordinary day, as in production.
+        bulk_day = dates[-3]
+        bulk_landing(Path(settings.landing), dates[:-2], bulk_day)
         t0 = time.perf_counter()
         # the bulk night is set-up, not timed: its lateness window accepts every history day, and its
         # cold train may take fewer epochs over all history (--bootstrap-epochs)
@@ -447,11 +450,11 @@ def run_arm(spark, root: Path, args, cfg: SynthConfig, sampler, stage_log, histo
         else:
             run_job("ingest", bulk_day, bulk_config, args)
         arm["bootstrap_ingest_s"] = time.perf_counter() - t0
-        print(f"[{root.name}] bulk ingest of {len(dates) - 1} days as {bulk_day}: {arm['bootstrap_ingest_s']:.1f} s",
+        print(f"[{root.name}] bulk ingest of {len(dates) - 2} days as {bulk_day}: {arm['bootstrap_ingest_s']:.1f} s",
               flush=True)
         nights = [run_night(spark, bulk_settings, bulk_day, sampler, stage_log, keep_log=False, skip=("ingest",),
                             args=args, config=bulk_config)]
-        full_nights = dates[-1:]
+        full_nights = dates[-2:]
     else:
         nights = []
     for day in full_nights:
