@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from coldstart import idmap
 from coldstart.config import Settings
 from coldstart.features import content_vectors, interactions
 from coldstart.lake import Lake
@@ -82,9 +83,9 @@ class FitData:
         known = events[events["item_id"].isin(self.item_index)]
         self.user_ids = np.array(sorted(known["user_id"].unique()), dtype=object)
         self.user_index = {user: n for n, user in enumerate(self.user_ids)}
-        counts = known.groupby(["user_id", "item_id"]).size().reset_index(name="n")
-        rows = counts["user_id"].map(self.user_index).to_numpy()
-        cols = counts["item_id"].map(self.item_index).to_numpy()
+        counts = known.groupby(["user_id", "item_id"], observed=True).size().reset_index(name="n")
+        rows = idmap.positions(idmap.id_column(counts["user_id"]), self.user_index)
+        cols = idmap.positions(idmap.id_column(counts["item_id"]), self.item_index)
         shape = (len(self.user_ids), len(self.item_ids))
         self.counts = sp.csr_matrix((counts["n"].to_numpy(np.float32), (rows, cols)), shape=shape)
         self.binary = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=shape)
@@ -195,7 +196,7 @@ def content_knn_lists(data: FitData, users: list[str], consumed: dict[str, set],
     zero = np.zeros(dim, np.float32)
     C = np.stack([item_content.get(i, zero) for i in data.item_ids]).astype(np.float32)
     recent = (data.events.sort_values("event_ts", ascending=False).drop_duplicates(["user_id", "item_id"])
-              .groupby("user_id")["item_id"].agg(lambda s: list(s.iloc[:history])).to_dict())
+              .groupby("user_id", observed=True)["item_id"].agg(lambda s: list(s.iloc[:history])).to_dict())
     U = np.zeros((len(users), dim), np.float32)
     for row, user in enumerate(users):
         vecs = [item_content[i] for i in recent.get(user, []) if i in item_content]

@@ -52,11 +52,11 @@ class Targets:
 def targets(lake: Lake, run_date: dt.date) -> Targets:
     before = interactions(lake, dt.date.min, run_date - dt.timedelta(days=1), ["user_id", "item_id"])
     today = interactions(lake, run_date, run_date, ["user_id", "item_id"]).drop_duplicates()
-    counts = before.groupby("user_id").size()
+    counts = before.groupby("user_id", observed=True).size()
     pairs = before.drop_duplicates()
-    consumed = pairs.groupby("user_id")["item_id"].agg(set).to_dict()
+    consumed = pairs.groupby("user_id", observed=True)["item_id"].agg(set).to_dict()
     truth: dict[str, set] = {}
-    for user, items in today.groupby("user_id")["item_id"]:
+    for user, items in today.groupby("user_id", observed=True)["item_id"]:
         if user not in counts.index:
             continue
         fresh = set(items) - consumed.get(user, set())

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
@@ -33,10 +34,44 @@ def content_vectors(lake: Lake, settings: Settings, entity_type: str) -> dict[st
     return dict(zip(table.column("entity_id").to_pylist(), matrix))
 
 
+# Columns read as pandas categoricals: a window of events (30 days of them at steady state) is then
+# grouped, sorted and de-duplicated on integer codes, not on millions of Python strings.
+CODED_COLUMNS = ("user_id", "item_id", "scene")
+
+
+def coded_frame(table: pa.Table) -> pd.DataFrame:
+    """``table`` as pandas, its CODED_COLUMNS as categoricals with sorted categories (so sorting by
+    them sorts by the ids' text). The codes come from Arrow's hash-based dictionary encoding."""
+    for name in CODED_COLUMNS:
+        if name in table.column_names:
+            at = table.column_names.index(name)
+            table = table.set_column(at, name, pc.dictionary_encode(table.column(name)))
+    frame = table.to_pandas()
+    for name in CODED_COLUMNS:
+        if name in frame.columns:
+            categories = frame[name].cat.categories
+            frame[name] = frame[name].cat.reorder_categories(categories.sort_values())
+    return frame
+
+
+def concat_coded(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Stack frames of ``coded_frame`` columns, keeping them categorical (``pd.concat`` turns categoricals
+    with different categories into Python strings)."""
+    frames = list(frames)
+    for name in CODED_COLUMNS:
+        if frames and all(name in f.columns and isinstance(f[name].dtype, pd.CategoricalDtype) for f in frames):
+            categories = frames[0][name].cat.categories
+            for f in frames[1:]:
+                categories = categories.union(f[name].cat.categories)
+            frames = [f.assign(**{name: f[name].cat.set_categories(categories)}) for f in frames]
+    return pd.concat(frames, ignore_index=True)
+
+
 def interactions(lake: Lake, first: dt.date, last: dt.date, columns: list[str]) -> pd.DataFrame:
-    """Interactions with run_date in [first, last] (partition pruning)."""
-    return lake.read_pandas("interactions", columns=columns,
-                            filters=[("run_date", ">=", first), ("run_date", "<=", last)])
+    """Interactions with run_date in [first, last] (partition pruning); ids and scene as categoricals
+    (``coded_frame``): group them with ``observed=True``."""
+    return coded_frame(lake.read_arrow("interactions", columns=columns,
+                                       filters=[("run_date", ">=", first), ("run_date", "<=", last)]))
 
 
 def window_start(settings: Settings, run_date: dt.date) -> dt.date:
@@ -49,16 +84,18 @@ class History:
     events: pd.DataFrame  # user_id, item_id, scene, event_ts, run_date
 
     def user_counts(self) -> pd.Series:
-        return self.events.groupby("user_id").size()
+        return self.events.groupby("user_id", observed=True).size()
 
     def top_scenes(self, per_user: int = 1) -> pd.DataFrame:
         """The user's most frequent recent scenes (ties: the latest wins)."""
         ev = self.events
         if ev.empty:
             return pd.DataFrame(columns=["user_id", "scene"])
-        counts = ev.groupby(["user_id", "scene"]).agg(n=("item_id", "size"), last=("event_ts", "max")).reset_index()
-        counts = counts.sort_values(["user_id", "n", "last", "scene"], ascending=[True, False, False, True])
-        return counts.groupby("user_id").head(per_user)[["user_id", "scene"]].reset_index(drop=True)
+        counts = ev.groupby(["user_id", "scene"], observed=True).agg(n=("item_id", "size"), last=("event_ts", "max"))
+        counts = counts.reset_index().sort_values(["user_id", "n", "last", "scene"], ascending=[True, False, False, True])
+        top = counts.groupby("user_id", observed=True).head(per_user)
+        return pd.DataFrame({"user_id": top["user_id"].astype(object).to_numpy(),
+                             "scene": top["scene"].astype(object).to_numpy()})
 
 
 def load_history(lake: Lake, settings: Settings, run_date: dt.date) -> History:
@@ -93,10 +130,10 @@ def latest_items(events: pd.DataFrame, per_user: int = HISTORY_ITEMS) -> pd.Data
     """(user_id, item_id): each user's ``per_user`` most recently used distinct items (the model's pooled history)."""
     latest = events.sort_values(["user_id", "event_ts", "item_id"], ascending=[True, False, True], kind="stable")
     latest = latest.drop_duplicates(["user_id", "item_id"])
-    return latest.groupby("user_id", sort=False).head(per_user)[["user_id", "item_id"]].reset_index(drop=True)
+    return latest.groupby("user_id", sort=False, observed=True).head(per_user)[["user_id", "item_id"]].reset_index(drop=True)
 
 
 def user_content(history: pd.DataFrame, items: dict[str, np.ndarray], profiles: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     from coldstart.model import pool_user_content
 
-    return pool_user_content(history["user_id"].to_numpy(), history["item_id"].to_numpy(), items, profiles)
+    return pool_user_content(history["user_id"], history["item_id"], items, profiles)

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Mapping
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -196,6 +197,19 @@ class Lake:
         dataset = self.table(name).to_pyarrow_dataset()
         expr = _filter_expression(filters)
         return dataset.to_table(columns=columns, filter=expr)
+
+    def partition_rows(self, name: str, column: str) -> dict:
+        """Rows per value of a partition column, from the record counts the Delta log keeps per file (no
+        data file is read); if a file has no count, the column is read instead."""
+        if not self.exists(name):
+            return {}
+        actions = pa.table(self.table(name).get_add_actions(flatten=True))
+        values, counts = actions.column(f"partition.{column}"), actions.column("num_records")
+        if counts.null_count:
+            values = self.read_arrow(name, columns=[column]).column(column)
+            counts = pa.array(np.ones(len(values), dtype=np.int64))
+        totals = pa.table({"value": values, "rows": counts}).group_by("value").aggregate([("rows", "sum")])
+        return dict(zip(totals.column("value").to_pylist(), totals.column("rows_sum").to_pylist()))
 
     def read_pandas(self, name: str, columns: list[str] | None = None, filters=None):
         return self.read_arrow(name, columns, filters).to_pandas()

@@ -88,6 +88,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from coldstart import idmap
+
 __all__ = [
     "CheckpointError",
     "TrainingData",
@@ -126,11 +128,6 @@ class CheckpointError(RuntimeError):
 # content vectors
 # --------------------------------------------------------------------------------------------
 ContentLike = Any  # Mapping[str, np.ndarray] | pd.Series | pd.DataFrame | None
-
-
-def _as_str_array(values: Any) -> np.ndarray:
-    arr = np.asarray(values, dtype=object).reshape(-1)
-    return np.array([str(v) for v in arr], dtype=object)
 
 
 def _content_mapping(content: ContentLike) -> Mapping[str, Any]:
@@ -192,9 +189,9 @@ def pool_user_content(user_ids, item_ids, item_content, profile_content=None, we
     a profile only gets ``p``; a user with neither is absent from the result (callers use zeros).
     Returns ``{user_id: float32 (dim,) unit vector}``, keys sorted.
     """
-    users = _as_str_array(user_ids)
-    items = _as_str_array(item_ids)
-    if len(users) != len(items):
+    user_keys, users = idmap.factorized(user_ids)
+    uniq_items, item_codes = idmap.factorized(item_ids)
+    if len(users) != len(item_codes):
         raise ValueError("user_ids and item_ids must have the same length")
     item_map = _content_mapping(item_content)
     prof_map = _content_mapping(profile_content)
@@ -211,11 +208,11 @@ def pool_user_content(user_ids, item_ids, item_content, profile_content=None, we
     hist_means = np.zeros((0, dim), dtype=np.float32)
     hist_totals = np.zeros(0, dtype=np.float64)
     if len(users):
-        uniq_items, item_codes = np.unique(items, return_inverse=True)
         mat, present = _content_matrix(uniq_items, item_map, dim)
         keep = present[item_codes] & np.isfinite(w) & (w > 0)
         if keep.any():
-            hist_users, user_codes = np.unique(users[keep], return_inverse=True)
+            kept_users, user_codes = np.unique(users[keep], return_inverse=True)
+            hist_users = user_keys[kept_users]
             weights_matrix = sp.csr_matrix((w[keep], (user_codes, item_codes[keep])),
                                            shape=(len(hist_users), len(uniq_items)))
             hist_totals = np.asarray(weights_matrix.sum(axis=1)).ravel()
@@ -302,9 +299,9 @@ class TrainingData:
     history_item_ids: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        self.user_ids = _as_str_array(self.user_ids)
-        self.item_ids = _as_str_array(self.item_ids)
-        self.scenes = _as_str_array(self.scenes)
+        self.user_ids = idmap.str_array(self.user_ids)
+        self.item_ids = idmap.str_array(self.item_ids)
+        self.scenes = idmap.str_array(self.scenes)
         n = len(self.user_ids)
         if self.values is None:
             self.values = np.full(n, np.nan, dtype=np.float32)
@@ -624,9 +621,9 @@ def grow(ckpt: Checkpoint, user_ids, item_ids, scenes) -> Checkpoint:
     entity is represented by its content exactly as an unknown one would be; a new scene row is the
     mean of the known scene rows (zero if there are none). ``ckpt`` is not modified.
     """
-    user_index, new_users = _extend_index(ckpt.user_index, _as_str_array(user_ids))
-    item_index, new_items = _extend_index(ckpt.item_index, _as_str_array(item_ids))
-    scene_index, new_scenes = _extend_index(ckpt.scene_index, _as_str_array(scenes))
+    user_index, new_users = _extend_index(ckpt.user_index, idmap.str_array(user_ids))
+    item_index, new_items = _extend_index(ckpt.item_index, idmap.str_array(item_ids))
+    scene_index, new_scenes = _extend_index(ckpt.scene_index, idmap.str_array(scenes))
     old = ckpt.model
     model = _build_model(ckpt.config, len(user_index), len(item_index), len(scene_index))
     state = {k: v.detach().clone() for k, v in old.state_dict().items()}
@@ -656,11 +653,6 @@ def grow(ckpt: Checkpoint, user_ids, item_ids, scenes) -> Checkpoint:
 # --------------------------------------------------------------------------------------------
 # training
 # --------------------------------------------------------------------------------------------
-def _codes(values: np.ndarray, index: Mapping[str, int]) -> np.ndarray:
-    get = index.get
-    return np.fromiter((get(v, -1) for v in values), dtype=np.int64, count=len(values))
-
-
 def _validation_split(data: TrainingData, seed: int) -> np.ndarray:
     n = len(data)
     if data.validation_mask is not None:
@@ -804,10 +796,10 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
     item_content_all = torch.from_numpy(_content_matrix(item_keys, item_map, content_dim)[0])
     uniq_users, user_codes = np.unique(data.user_ids, return_inverse=True)
     user_mat = torch.from_numpy(_content_matrix(uniq_users, user_map, content_dim)[0])
-    u_all = torch.from_numpy(_codes(uniq_users, ckpt.user_index))[torch.from_numpy(user_codes.astype(np.int64))]
+    u_all = torch.from_numpy(idmap.positions(uniq_users, ckpt.user_index))[torch.from_numpy(user_codes.astype(np.int64))]
     uc_all = torch.from_numpy(user_codes.astype(np.int64))  # row of user_mat
-    i_all = torch.from_numpy(_codes(data.item_ids, ckpt.item_index))
-    s_all = torch.from_numpy(_codes(data.scenes, ckpt.scene_index))
+    i_all = torch.from_numpy(idmap.positions(data.item_ids, ckpt.item_index))
+    s_all = torch.from_numpy(idmap.positions(data.scenes, ckpt.scene_index))
     v_all = torch.from_numpy(data.values.astype(np.float32))
     state = _state_tensors(data, item_keys)
     bags = _history_bags(data, uniq_users, ckpt.item_index)
@@ -943,9 +935,9 @@ def _history_bags(data: TrainingData, uniq_users: np.ndarray, item_index: Mappin
     if data.history_user_ids is None:
         h_users, h_items = data.user_ids, data.item_ids
     else:
-        h_users, h_items = _as_str_array(data.history_user_ids), _as_str_array(data.history_item_ids)
+        h_users, h_items = idmap.str_array(data.history_user_ids), idmap.str_array(data.history_item_ids)
     rows = pd.Index(uniq_users).get_indexer(h_users).astype(np.int64)  # -1: a user with no event in the data
-    return _Bags.build(rows, _codes(h_items, item_index), len(uniq_users))
+    return _Bags.build(rows, idmap.positions(h_items, item_index), len(uniq_users))
 
 
 def _leave_one_out(model: InterestModel, bags: _Bags, rows: torch.Tensor, items: torch.Tensor,
@@ -1037,11 +1029,11 @@ def user_vectors(ckpt: Checkpoint, user_ids, scenes, user_content, history: pd.D
     only; no content = zeros); an unknown scene uses the mean of the known scene rows.
     ``score = user_vectors(...) @ item_vectors(...)[0].T + item_vectors(...)[1]`` is the model's logit.
     """
-    users = _as_str_array(user_ids)
+    users = idmap.str_array(user_ids)
     if isinstance(scenes, str):
         scene_arr = np.array([scenes] * len(users), dtype=object)
     else:
-        scene_arr = _as_str_array(scenes)
+        scene_arr = idmap.str_array(scenes)
     if len(scene_arr) != len(users):
         raise ValueError("scenes must be one string or one per user")
     model = ckpt.model
@@ -1053,14 +1045,14 @@ def user_vectors(ckpt: Checkpoint, user_ids, scenes, user_content, history: pd.D
     uniq_users, user_rows = np.unique(users, return_inverse=True)
     bags = None
     if history is not None and len(history):
-        rows = pd.Index(uniq_users).get_indexer(_as_str_array(history["user_id"].to_numpy())).astype(np.int64)
-        bags = _Bags.build(rows, _codes(_as_str_array(history["item_id"].to_numpy()), ckpt.item_index), len(uniq_users))
+        rows = idmap.positions(idmap.id_column(history["user_id"]), {u: n for n, u in enumerate(uniq_users)})
+        bags = _Bags.build(rows, idmap.positions(idmap.id_column(history["item_id"]), ckpt.item_index), len(uniq_users))
     with torch.no_grad():
         for start in range(0, len(users), INFERENCE_BLOCK):
             part = users[start:start + INFERENCE_BLOCK]
             content = torch.from_numpy(_content_matrix(part, user_map, content_dim)[0])
-            ui = torch.from_numpy(_codes(part, ckpt.user_index))
-            si = torch.from_numpy(_codes(scene_arr[start:start + INFERENCE_BLOCK], ckpt.scene_index))
+            ui = torch.from_numpy(idmap.positions(part, ckpt.user_index))
+            si = torch.from_numpy(idmap.positions(scene_arr[start:start + INFERENCE_BLOCK], ckpt.scene_index))
             pooled = None
             if bags is not None:
                 sums, counts = model.history_sums(bags, torch.from_numpy(user_rows[start:start + len(part)].astype(np.int64)))
@@ -1079,7 +1071,7 @@ def item_vectors(ckpt: Checkpoint, item_ids, item_content, fresh=None, pop=None)
     ``fresh`` (bool per item) and ``pop`` (:func:`recent_popularity` per item), both optional, are
     the items' state on the day the scores are for; the bias then includes the item-state term.
     """
-    items = _as_str_array(item_ids)
+    items = idmap.str_array(item_ids)
     model = ckpt.model
     model.eval()
     content_dim = int(ckpt.config["content_dim"])
@@ -1091,7 +1083,7 @@ def item_vectors(ckpt: Checkpoint, item_ids, item_content, fresh=None, pop=None)
         for start in range(0, len(items), INFERENCE_BLOCK):
             part = items[start:start + INFERENCE_BLOCK]
             content = torch.from_numpy(_content_matrix(part, item_map, content_dim)[0])
-            ii = torch.from_numpy(_codes(part, ckpt.item_index))
+            ii = torch.from_numpy(idmap.positions(part, ckpt.item_index))
             v, b = model.item_vec(ii, content)
             vecs[start:start + len(part), :-id_dim] = v.numpy()
             vecs[start:start + len(part), -id_dim:] = model._lookup(model.item_target, ii, None).numpy()

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from coldstart import idmap
 from coldstart.catalog import RECOMMENDATIONS
 from coldstart.config import Settings
 from coldstart.features import (POPULARITY_DAYS, content_vectors, daily_item_counts, day_numbers, interactions,
@@ -60,8 +61,10 @@ def popularity(events: pd.DataFrame, run_date: dt.date, half_life: float = POPUL
     end = pd.Timestamp(run_date + dt.timedelta(days=1), tz="UTC")
     age = (end - pd.to_datetime(events["event_ts"], utc=True)).dt.total_seconds() / 86400.0
     weights = np.power(0.5, age.to_numpy() / half_life)
-    frame = pd.DataFrame({"scene": events["scene"].to_numpy(), "item_id": events["item_id"].to_numpy(), "w": weights})
-    return frame.groupby(["scene", "item_id"])["w"].sum().reset_index().rename(columns={"w": "score"})
+    frame = pd.DataFrame({"scene": events["scene"], "item_id": events["item_id"], "w": weights})
+    summed = frame.groupby(["scene", "item_id"], observed=True)["w"].sum().reset_index()
+    return pd.DataFrame({"scene": summed["scene"].astype(object).to_numpy(),
+                         "item_id": summed["item_id"].astype(object).to_numpy(), "score": summed["w"].to_numpy()})
 
 
 def popular_in_scene(pop: pd.DataFrame, scene: str) -> pd.Series:
@@ -173,15 +176,15 @@ def top_k_scores(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[np.nda
 # the stage
 # --------------------------------------------------------------------------------------------
 def consumed_pairs(lake: Lake, run_date: dt.date) -> pd.DataFrame:
-    """Distinct (user_id, item_id) of every accepted interaction up to run_date."""
+    """Distinct (user_id, item_id) of every accepted interaction up to run_date (categoricals)."""
     return interactions(lake, dt.date.min, run_date, ["user_id", "item_id"]).drop_duplicates()
 
 
 def consumed_positions(pairs: pd.DataFrame, item_index: dict) -> dict[str, np.ndarray]:
     """user_id -> sorted positions (in ``item_index``) of the active items the user consumed."""
-    pairs = pairs[pairs["item_id"].isin(item_index)]
-    codes = pairs["item_id"].map(item_index).to_numpy().astype(np.int64)
-    return {user: np.sort(codes[rows]) for user, rows in pairs.groupby("user_id").indices.items()}
+    codes = idmap.positions(idmap.id_column(pairs["item_id"]), item_index)
+    pairs, codes = pairs[codes >= 0], codes[codes >= 0]
+    return {user: np.sort(codes[rows]) for user, rows in pairs.groupby("user_id", observed=True).indices.items()}
 
 
 def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None) -> dict:
@@ -212,7 +215,7 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     users = users.sort_values("user_id").reset_index(drop=True)
     history = load_history(lake, settings, run_date)
     consumed = consumed_pairs(lake, run_date)
-    users["segment"] = segments(users, history.user_counts(), set(consumed["user_id"]))
+    users["segment"] = segments(users, history.user_counts(), set(consumed["user_id"].unique()))
     users["has_profile"] = users["content_text"].fillna("") != ""
     scenes = history.top_scenes(settings.scenes_per_user)
     pairs = users[["user_id", "segment", "has_profile"]].merge(scenes, on="user_id", how="left")
@@ -226,7 +229,7 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     window_pairs = history.events[["user_id", "item_id"]].drop_duplicates()
     u_content = user_content(window_pairs, item_content, profiles)
     latest = latest_items(history.events)
-    latest_rows = latest.groupby("user_id").indices  # user -> row positions, so a block takes only its users
+    latest_rows = latest.groupby("user_id", observed=True).indices  # user -> row positions, so a block takes only its users
     fresh, pop = serving_state(lake, items, run_date)
     matrix = ItemMatrix(*item_vectors(ckpt, item_ids, item_content, fresh=fresh, pop=pop))
     dim = next(iter(item_content.values())).shape[0] if item_content else 1
@@ -275,11 +278,12 @@ def _rows_of(positions: dict, users) -> np.ndarray:
 
 def recent_positions(events: pd.DataFrame, item_index: dict, per_user: int = REASON_HISTORY) -> dict[str, np.ndarray]:
     """user_id -> positions (in ``item_index``) of the user's latest ``per_user`` events' active items, newest first."""
-    active = events[events["item_id"].isin(item_index)]
+    codes = idmap.positions(idmap.id_column(events["item_id"]), item_index)
+    active = events[["user_id", "event_ts"]][codes >= 0].assign(_position=codes[codes >= 0])
     latest = active.sort_values(["user_id", "event_ts"], ascending=[True, False], kind="stable") \
-        .groupby("user_id", sort=False).head(per_user)
-    codes = latest["item_id"].map(item_index).to_numpy(np.int64)
-    return {user: codes[rows] for user, rows in latest.groupby("user_id", sort=False).indices.items()}
+        .groupby("user_id", sort=False, observed=True).head(per_user)
+    positions = latest["_position"].to_numpy(np.int64)
+    return {user: positions[rows] for user, rows in latest.groupby("user_id", sort=False, observed=True).indices.items()}
 
 
 REASON_ROWS = 256  # rows per batched similarity product of the reasons (memory: rows x (k + history) x dim)

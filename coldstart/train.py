@@ -2,7 +2,7 @@
 
 * warm: load checkpoint D-1 (verified), grow its id tables, fine-tune on day D (all of it but a
   seeded 5 % held out for the validation metrics) plus a seeded, recency-weighted replay sample of
-  history (``train_replay_sample`` events; the last days almost whole, older days uniformly);
+  the week before it (``train_replay_sample`` events; the last days almost whole, older days thinly);
 * full (requested): from scratch on all history up to D;
 * cold: no usable checkpoint of D-1 (missing, or failing its checksum) - from scratch, logged, and
   recorded as ``mode = cold`` in model_registry.
@@ -14,6 +14,7 @@ parent is merged by run date, so a rerun replaces rather than adds.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -22,9 +23,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from coldstart.catalog import INTERACTIONS
 from coldstart.config import Settings
-from coldstart.features import (POPULARITY_DAYS, content_vectors, daily_item_counts, day_numbers, interactions,
-                                latest_items, user_content, window_start)
+from coldstart.features import (POPULARITY_DAYS, coded_frame, concat_coded, content_vectors, daily_item_counts,
+                                day_numbers, interactions, latest_items, user_content, window_start)
 from coldstart.lake import Lake
 
 log = logging.getLogger("coldstart.train")
@@ -32,6 +34,9 @@ log = logging.getLogger("coldstart.train")
 # Half-life (days) of the replay sample's recency weighting: the last few days are replayed almost
 # whole, older history fills the rest of ``train_replay_sample`` uniformly.
 REPLAY_HALF_LIFE_DAYS = 2.0
+# Run dates before D that the replay sample draws from. At the half-life above an event a week old
+# weighs 9 % of yesterday's; older history is not read, so a night's cost does not grow with it.
+REPLAY_DAYS = 7
 
 
 class NoTrainingDataError(RuntimeError):
@@ -78,32 +83,31 @@ def _replay_fractions(day_ages: np.ndarray, day_counts: np.ndarray, wanted: int,
 
 
 def _replay_sample(lake: Lake, settings: Settings, run_date: dt.date, columns: list[str]) -> pd.DataFrame:
-    """A seeded, recency-weighted Bernoulli sample of the history before run_date, about
-    train_replay_sample events.
+    """A seeded, recency-weighted Bernoulli sample of the REPLAY_DAYS run dates before run_date, about
+    train_replay_sample events (``coded_frame`` columns).
 
     An event of age ``a`` days is kept with probability proportional to ``0.5 ** (a / REPLAY_HALF_LIFE_DAYS)``
     (capped at 1): the last days are replayed (almost) whole, because tomorrow's users are mostly
-    today's and yesterday's, and the rest of the budget is a uniform sample of older history, so the
-    model does not forget it. The sample is drawn over events sorted by event_id, so it does not
-    depend on file layout."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-
+    today's and yesterday's, and older days thinly. Only the REPLAY_DAYS partitions are read, with
+    their sizes from the Delta log, so the cost does not grow with the length of the history. Whether
+    an event is kept depends on a seeded hash of its event_id alone, not on the file layout."""
     wanted = settings.train_replay_sample
-    if wanted <= 0 or not lake.exists("interactions"):
-        return pd.DataFrame(columns=columns)
-    history = lake.dataset("interactions").filter(pads.field("run_date") < run_date)
-    table = history.to_table(columns=list(dict.fromkeys([*columns, "event_id", "run_date"])))
-    if table.num_rows == 0:
-        return pd.DataFrame(columns=columns)
-    table = table.take(pc.sort_indices(table, [("event_id", "ascending")]))
-    event_days = table.column("run_date").to_numpy(zero_copy_only=False).astype("datetime64[D]")
-    ages = (np.datetime64(run_date, "D") - event_days).astype(np.float64)
-    day_ages, day_codes, day_counts = np.unique(ages, return_inverse=True, return_counts=True)
-    fractions = _replay_fractions(day_ages, day_counts, wanted, REPLAY_HALF_LIFE_DAYS)
-    rng = np.random.default_rng([settings.seed, run_date.toordinal()])
-    keep = rng.random(table.num_rows) < fractions[day_codes]
-    return table.filter(pa.array(keep)).select(columns).to_pandas()
+    sizes = {day: rows for day, rows in lake.partition_rows("interactions", "run_date").items()
+             if run_date - dt.timedelta(days=REPLAY_DAYS) <= day < run_date and rows}
+    if wanted <= 0 or not sizes:
+        return coded_frame(pa.table({c: pa.array([], INTERACTIONS.schema.field(c).type) for c in columns}))
+    days = sorted(sizes)
+    ages = np.array([(run_date - day).days for day in days], dtype=np.float64)
+    fractions = _replay_fractions(ages, np.array([sizes[d] for d in days]), wanted, REPLAY_HALF_LIFE_DAYS)
+    key = hashlib.blake2b(f"{settings.seed}/{run_date.isoformat()}".encode(), digest_size=8).hexdigest()
+    parts = []
+    for day, fraction in zip(days, fractions):
+        table = lake.read_arrow("interactions", columns=list(dict.fromkeys([*columns, "event_id"])),
+                                filters=[("run_date", "=", day)])
+        draw = pd.util.hash_array(table.column("event_id").to_numpy(zero_copy_only=False).astype(object),
+                                  hash_key=key, categorize=False) / float(2 ** 64)
+        parts.append(table.filter(pa.array(draw < fraction)).select(columns))
+    return coded_frame(pa.concat_tables(parts))
 
 
 def _holdout_of_today(n_replay: int, n_today: int, seed: int, run_date: dt.date) -> np.ndarray | None:
@@ -162,7 +166,7 @@ def train(spark, settings: Settings, run_date: dt.date, full_retrain: bool = Fal
         mode = "warm"
         today = interactions(lake, run_date, run_date, columns)
         replay = _replay_sample(lake, settings, run_date, columns)
-        events = pd.concat([replay, today], ignore_index=True)
+        events = concat_coded([replay, today])
         validation = _holdout_of_today(len(replay), len(today), settings.seed, run_date)
     else:
         mode = "full" if full_retrain else "cold"
@@ -177,7 +181,7 @@ def train(spark, settings: Settings, run_date: dt.date, full_retrain: bool = Fal
     profiles = content_vectors(lake, settings, "user")
     recent = interactions(lake, window_start(settings, run_date), run_date, ["user_id", "item_id", "event_ts"])
     # The same pooling as scoring (recent window), plus the replayed users' sampled history.
-    pairs = pd.concat([recent[["user_id", "item_id"]], events[["user_id", "item_id"]]], ignore_index=True).drop_duplicates()
+    pairs = concat_coded([recent[["user_id", "item_id"]], events[["user_id", "item_id"]]]).drop_duplicates()
     latest = latest_items(recent)
     users = user_content(pairs, items, profiles)
     catalogue = lake.read_pandas("items", columns=["item_id", "first_seen", "first_interaction"])

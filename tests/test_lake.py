@@ -145,3 +145,12 @@ def test_string_filters_work_on_merged_tables(lake):
                                                          schema=ENTITY_EMBEDDINGS.schema))
     items = lake.read_arrow("entity_embeddings", filters=[("entity_type", "=", "item"), ("encoder", "in", ["enc"])])
     assert sorted(items.column("entity_id").to_pylist()) == ["a", "b"]
+
+
+def test_partition_rows_come_from_the_log_and_follow_a_replace(lake):
+    assert lake.partition_rows("recommendations", "run_date") == {}
+    lake.replace_partition("recommendations", recs(D1), run_date=D1)
+    lake.replace_partition("recommendations", recs(D2, users=5), run_date=D2)
+    assert lake.partition_rows("recommendations", "run_date") == {D1: 6, D2: 10}
+    lake.replace_partition("recommendations", recs(D1, users=1), run_date=D1)
+    assert lake.partition_rows("recommendations", "run_date") == {D1: 2, D2: 10}

@@ -4,7 +4,10 @@ import datetime as dt
 import json
 
 import numpy as np
+import pandas as pd
+import pyarrow as pa
 
+from coldstart.catalog import INTERACTIONS
 from coldstart.lake import Lake
 
 
@@ -37,6 +40,27 @@ def test_replay_sample_is_seeded_sized_and_recent_first(tiny_run):
     kept = sample.groupby("run_date").size() / history.groupby("run_date").size()
     assert kept.get(days[1], 0.0) > kept.get(days[0], 0.0)
     assert len(_replay_sample(lake, settings.replace(train_replay_sample=0), days[2], columns)) == 0
+
+
+def test_replay_sample_reads_only_the_replay_days(tmp_path):
+    from coldstart.config import Settings
+    from coldstart.train import REPLAY_DAYS, _replay_sample
+
+    lake = Lake(str(tmp_path / "lake"))
+    today = dt.date(2024, 3, 20)
+    for age in range(1, REPLAY_DAYS + 4):
+        day = today - dt.timedelta(days=age)
+        ts = dt.datetime.combine(day, dt.time(12), tzinfo=dt.timezone.utc)
+        lake.replace_partition("interactions", pa.Table.from_pylist([
+            {"event_id": f"{day}-{n}", "user_id": f"u{n}", "item_id": f"i{n}", "event_type": "view", "value": None,
+             "scene": "default", "event_ts": ts, "event_date": day, "run_date": day, "source_file": "f",
+             "ingested_at": ts} for n in range(20)], schema=INTERACTIONS.schema), run_date=day)
+    settings = Settings.load(env={}, lake=str(tmp_path / "lake"), train_replay_sample=10**6)
+    sample = _replay_sample(lake, settings, today, ["event_id", "user_id", "run_date"])
+    # a budget above the week's events replays the whole week, and nothing older is read
+    assert sorted(set(sample["run_date"])) == [today - dt.timedelta(days=a) for a in range(REPLAY_DAYS, 0, -1)]
+    assert len(sample) == 20 * REPLAY_DAYS and sample["event_id"].is_unique
+    assert isinstance(sample["user_id"].dtype, pd.CategoricalDtype)
 
 
 def test_warm_night_trains_on_todays_events(tiny_run):
