@@ -26,9 +26,9 @@ What it does:
    its peak memory is its own (the same Spark settings as the pipeline's session).
 
 ``--history-days H`` also builds a second lake in the same session: H+1 synthetic days, of which
-days 1..H-1 are moved into one landing folder and ingested as one bulk night (with a lateness window
-that accepts them all), followed by that night's other stages; day H is a full ordinary night (so
-the timed night's lateness window holds one ordinary day) and day H+1 is the timed night, compared
+days 1..H-1 are ingested one landing day each as set-up (in this process, one Spark session), then
+day H-1's other stages run with a cold train over all of them; day H is a full ordinary night and
+day H+1 is the timed night, compared
 stage by stage with night 3 of the 3-day lake. The daily new users and items are divided by (H+1)/3,
 so that both timed nights have the same number of active users and items.
 """
@@ -149,23 +149,6 @@ def scaled_config(args, history_days: int = 0) -> SynthConfig:
     return SynthConfig(users=round(100_000 * s), items=round(50_000 * s), events_per_day=round(1_000_000 * s),
                        days=days, new_items_per_day=new_items, new_users_per_day=new_users, seed=args.seed,
                        profile_share=args.profile_share)
-
-
-def bulk_landing(landing: Path, days: list[dt.date], into: dt.date) -> None:
-    """Move the landing files of ``days`` into the folder of ``into`` (one bulk bootstrap day)."""
-    from coldstart.landing import SOURCES, data_files, day_dir, mark_complete
-
-    for source in SOURCES:
-        target = day_dir(landing, source, into)
-        target.mkdir(parents=True, exist_ok=True)
-        for day in days:
-            folder = day_dir(landing, source, day)
-            if day == into or not folder.exists():
-                continue
-            for path in data_files(folder):
-                path.rename(target / f"{day.isoformat()}-{path.name}")
-            shutil.rmtree(folder)
-        mark_complete(target)
 
 
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ (coldstart[\w.]*): (.*)$")
@@ -374,9 +357,9 @@ def markdown(args, arm: dict, als: dict | None, profile: tuple | None, setup: di
     if history:
         h_last = history["nights"][-1]
         lines += ["", f"History independence: {args.history_days} days of history ({_describe(history['config'])}); "
-                  f"days 1..{args.history_days - 1} bulk-ingested in {history['bootstrap_ingest_s']:.0f} s as one landing "
-                  f"day, then that night's other stages, then day {args.history_days} as an ordinary night, then the "
-                  f"timed night {h_last['date']}: {_active(h_last)}.", "",
+                  f"days 1..{args.history_days - 1} ingested one landing day each in {history['bootstrap_ingest_s']:.0f} s "
+                  f"(set-up), then day {args.history_days - 1}'s other stages with a cold train over all of them, then day "
+                  f"{args.history_days} as an ordinary night, then the timed night {h_last['date']}: {_active(h_last)}.", "",
                   "| stage | after 3 days (s) | after " + str(args.history_days) + " days (s) | ratio |",
                   "|---|---|---|---|"]
         for s in STAGES:
@@ -419,8 +402,8 @@ def arm_settings(root: Path, args) -> Settings:
 
 
 def run_arm(spark, root: Path, args, cfg: SynthConfig, sampler, stage_log, history_days: int = 0) -> dict:
-    """Synth and run one lake: nights 1..N, or (history_days) one bulk ingest of all days but the
-    last two, then the last two days as full nights. Returns the nights and the setup timings."""
+    """Synth and run one lake: nights 1..N, or (history_days) the ingest of all days but the last two
+    and one cold night over them, then the last two days as full nights. Returns the nights and the setup timings."""
     from coldstart.pipeline import run_stage
 
     settings = arm_settings(root, args)
@@ -433,27 +416,25 @@ def run_arm(spark, root: Path, args, cfg: SynthConfig, sampler, stage_log, histo
     dates = [cfg.day(d) for d in range(cfg.days)]
     full_nights = dates
     if history_days:
-        # Days 0..H-2 land as one bulk day, ingested with a lateness window that accepts all of them;
-        # then days H-1 and H run as full nights, and H is the timed one. The bulk night is a full night
-        # too (it embeds the catalog and trains cold on all history) so that night H-1 warm-starts; the
-        # regular night H-1 makes the timed night's lateness window one ordinary day, as in production.
-        bulk_day = dates[-3]
-        bulk_landing(Path(settings.landing), dates[:-2], bulk_day)
+        # Set-up, not timed: days 0..H-2 are ingested one landing day each (in this process, one Spark
+        # session), so that every day is its own run_date partition as in production; then day H-2's
+        # other stages run with a cold train over all of them (--bootstrap-epochs). Day H-1 is an
+        # ordinary night, day H the timed one.
+        from coldstart.spark import get_session
+
+        setup_day = dates[-3]
         t0 = time.perf_counter()
-        # the bulk night is set-up, not timed: its lateness window accepts every history day, and its
-        # cold train may take fewer epochs over all history (--bootstrap-epochs)
-        bulk_settings = settings.replace(lateness_days=len(dates),
-                                         train_epochs_full=args.bootstrap_epochs or settings.train_epochs_full)
-        bulk_config = None if config is None else write_config(root.parent / f"{root.name}-bulk.toml", bulk_settings)
-        if config is None:
-            run_stage("ingest", bulk_settings, bulk_day, spark=spark)
-        else:
-            run_job("ingest", bulk_day, bulk_config, args)
+        setup_spark = spark or get_session(settings, app_name="nightly-scale-history")
+        for day in dates[:-2]:
+            run_stage("ingest", settings, day, spark=setup_spark)
+        if spark is None:
+            setup_spark.stop()
         arm["bootstrap_ingest_s"] = time.perf_counter() - t0
-        print(f"[{root.name}] bulk ingest of {len(dates) - 2} days as {bulk_day}: {arm['bootstrap_ingest_s']:.1f} s",
-              flush=True)
-        nights = [run_night(spark, bulk_settings, bulk_day, sampler, stage_log, keep_log=False, skip=("ingest",),
-                            args=args, config=bulk_config)]
+        print(f"[{root.name}] ingested {len(dates) - 2} history days in {arm['bootstrap_ingest_s']:.1f} s", flush=True)
+        setup_settings = settings.replace(train_epochs_full=args.bootstrap_epochs or settings.train_epochs_full)
+        setup_config = None if config is None else write_config(root.parent / f"{root.name}-setup.toml", setup_settings)
+        nights = [run_night(spark, setup_settings, setup_day, sampler, stage_log, keep_log=False, skip=("ingest",),
+                            args=args, config=setup_config)]
         full_nights = dates[-2:]
     else:
         nights = []
@@ -471,9 +452,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiplies users, items, events and daily new entities")
     parser.add_argument("--days", type=int, default=3, help="nights to run (the last one is reported)")
     parser.add_argument("--history-days", type=int, default=0,
-                        help="also run a lake with this many days of history (bulk-ingested) and compare its night")
+                        help="also run a lake with this many days of history and compare its night")
     parser.add_argument("--bootstrap-epochs", type=int, default=0,
-                        help="epochs of the history lake's cold train over all bulk-ingested days (0 = the setting "
+                        help="epochs of the history lake's cold train over all its set-up days (0 = the setting "
                              "train_epochs_full); that night is set-up, not timed")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--profile-share", type=float, default=0.0,
