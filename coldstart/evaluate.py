@@ -40,9 +40,9 @@ COLD_USER_MAX_EVENTS = 5
 class Targets:
     """Who is evaluated on D and against what."""
     truth: dict[str, set]          # user -> items first interacted with on D
-    prior_counts: pd.Series        # user -> events before D
+    prior_counts: pd.Series        # user active on D -> events before D
     prior_items: set               # items with any interaction before D
-    consumed: dict[str, set]       # user -> items interacted with before D
+    consumed: dict[str, set]       # user active on D -> items interacted with before D
 
     @property
     def users(self) -> list[str]:
@@ -52,6 +52,9 @@ class Targets:
 def targets(lake: Lake, run_date: dt.date) -> Targets:
     before = interactions(lake, dt.date.min, run_date - dt.timedelta(days=1), ["user_id", "item_id"])
     today = interactions(lake, run_date, run_date, ["user_id", "item_id"]).drop_duplicates()
+    prior_items = set(before["item_id"].unique())
+    # only the users active on D can be targets: the per-user state is built for them alone
+    before = before[before["user_id"].isin(today["user_id"].unique())]
     counts = before.groupby("user_id", observed=True).size()
     pairs = before.drop_duplicates()
     consumed = pairs.groupby("user_id", observed=True)["item_id"].agg(set).to_dict()
@@ -62,7 +65,7 @@ def targets(lake: Lake, run_date: dt.date) -> Targets:
         fresh = set(items) - consumed.get(user, set())
         if fresh:
             truth[user] = fresh
-    return Targets(truth, counts, set(pairs["item_id"]), consumed)
+    return Targets(truth, counts, prior_items, consumed)
 
 
 def _dcg(hits: np.ndarray) -> float:
