@@ -58,7 +58,7 @@ class Settings:
     model_dim: int = _doc("Dimension of the user and item towers' output.", 64)
     train_epochs_warm: int = _doc("Epochs of fine-tuning from yesterday's checkpoint (bench/results/quality.md).", 3)
     train_epochs_full: int = _doc("Epochs of a full (or cold) retrain.", 6)
-    train_replay_sample: int = _doc("Events of history replayed with each day's data in warm training.", 50000)
+    train_replay_sample: int = _doc("Events of the week before the run date replayed with its data in warm training (recent days weigh more).", 50000)
     train_batch_size: int = _doc("Training batch size.", 1024)
     train_learning_rate: float = _doc("Adam learning rate.", 0.003)
     train_id_dropout: float = _doc("Probability of dropping an id embedding during training (DropoutNet).", 0.3)
