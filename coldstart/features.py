@@ -126,10 +126,24 @@ def daily_item_counts(lake: Lake, first: dt.date, last: dt.date) -> pd.DataFrame
 HISTORY_ITEMS = 100  # latest distinct items per user pooled by the model's user tower (bounds its cost)
 
 
+def sort_codes(values: pd.Series) -> np.ndarray:
+    """Integer codes whose order is the values' order (categorical codes when the categories are sorted)."""
+    if isinstance(values.dtype, pd.CategoricalDtype) and values.cat.categories.is_monotonic_increasing:
+        return values.cat.codes.to_numpy()
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        return pd.DatetimeIndex(values).asi8  # instants since the epoch, whatever the zone
+    return pd.factorize(values, sort=True)[0]
+
+
+def newest_first(events: pd.DataFrame) -> np.ndarray:
+    """Row order: by user, newest event first, then by item; a numpy lexsort on integer codes (pandas'
+    multi-key sort would hash every timestamp of the window first)."""
+    return np.lexsort((sort_codes(events["item_id"]), -sort_codes(events["event_ts"]), sort_codes(events["user_id"])))
+
+
 def latest_items(events: pd.DataFrame, per_user: int = HISTORY_ITEMS) -> pd.DataFrame:
     """(user_id, item_id): each user's ``per_user`` most recently used distinct items (the model's pooled history)."""
-    latest = events.sort_values(["user_id", "event_ts", "item_id"], ascending=[True, False, True], kind="stable")
-    latest = latest.drop_duplicates(["user_id", "item_id"])
+    latest = events.take(newest_first(events)).drop_duplicates(["user_id", "item_id"])
     return latest.groupby("user_id", sort=False, observed=True).head(per_user)[["user_id", "item_id"]].reset_index(drop=True)
 
 

@@ -19,9 +19,9 @@ def str_array(values: Any) -> np.ndarray:
     return np.array([str(v) for v in arr], dtype=object)
 
 
-def id_column(values: pd.Series):
-    """A frame's id column for ``positions``: categoricals as they are, anything else as text."""
-    return values if isinstance(values.dtype, pd.CategoricalDtype) else str_array(values.to_numpy())
+def id_column(values: Any):
+    """Ids for ``positions``: a categorical as it is, anything else as text."""
+    return values if _is_categorical(values) else str_array(values)
 
 
 def _is_categorical(values: Any) -> bool:

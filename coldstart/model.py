@@ -295,8 +295,8 @@ class TrainingData:
     item_first_interaction: Mapping[str, int] | None = None
     fresh_from: int | None = None
     item_day_counts: pd.DataFrame | None = None
-    history_user_ids: np.ndarray | None = None
-    history_item_ids: np.ndarray | None = None
+    history_user_ids: np.ndarray | pd.Series | None = None  # a categorical Series is looked up per category
+    history_item_ids: np.ndarray | pd.Series | None = None
 
     def __post_init__(self) -> None:
         self.user_ids = idmap.str_array(self.user_ids)
@@ -935,8 +935,9 @@ def _history_bags(data: TrainingData, uniq_users: np.ndarray, item_index: Mappin
     if data.history_user_ids is None:
         h_users, h_items = data.user_ids, data.item_ids
     else:
-        h_users, h_items = idmap.str_array(data.history_user_ids), idmap.str_array(data.history_item_ids)
-    rows = pd.Index(uniq_users).get_indexer(h_users).astype(np.int64)  # -1: a user with no event in the data
+        h_users, h_items = idmap.id_column(data.history_user_ids), idmap.id_column(data.history_item_ids)
+    # -1: a user with no event in the data
+    rows = idmap.positions(h_users, {user: n for n, user in enumerate(uniq_users)})
     return _Bags.build(rows, idmap.positions(h_items, item_index), len(uniq_users))
 
 

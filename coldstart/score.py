@@ -35,7 +35,7 @@ from coldstart import idmap
 from coldstart.catalog import RECOMMENDATIONS
 from coldstart.config import Settings
 from coldstart.features import (POPULARITY_DAYS, content_vectors, daily_item_counts, day_numbers, interactions,
-                                latest_items, load_history, user_content, window_start)
+                                latest_items, load_history, newest_first, user_content, window_start)
 from coldstart.lake import Lake
 
 log = logging.getLogger("coldstart.score")
@@ -279,8 +279,9 @@ def _rows_of(positions: dict, users) -> np.ndarray:
 def recent_positions(events: pd.DataFrame, item_index: dict, per_user: int = REASON_HISTORY) -> dict[str, np.ndarray]:
     """user_id -> positions (in ``item_index``) of the user's latest ``per_user`` events' active items, newest first."""
     codes = idmap.positions(idmap.id_column(events["item_id"]), item_index)
-    active = events[["user_id", "event_ts"]][codes >= 0].assign(_position=codes[codes >= 0])
-    latest = active.sort_values(["user_id", "event_ts"], ascending=[True, False], kind="stable") \
+    order = newest_first(events)
+    order = order[codes[order] >= 0]
+    latest = events[["user_id"]].take(order).assign(_position=codes[order]) \
         .groupby("user_id", sort=False, observed=True).head(per_user)
     positions = latest["_position"].to_numpy(np.int64)
     return {user: positions[rows] for user, rows in latest.groupby("user_id", sort=False, observed=True).indices.items()}

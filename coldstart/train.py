@@ -190,7 +190,7 @@ def train(spark, settings: Settings, run_date: dt.date, full_retrain: bool = Fal
         scenes=events["scene"].to_numpy(),
         values=np.where(events["event_type"] == "rate", events["value"].astype("float64"), np.nan),
         item_content=items, user_content=users, validation_mask=validation,
-        history_user_ids=latest["user_id"].to_numpy(), history_item_ids=latest["item_id"].to_numpy(),
+        history_user_ids=latest["user_id"], history_item_ids=latest["item_id"],
         **item_state_inputs(lake, events["run_date"], catalogue))
     log.info("train %s: mode=%s on %d events (%d users, %d items)%s", run_date, mode, len(events),
              events["user_id"].nunique(), events["item_id"].nunique(), f"; parent {prior.checksum[:8]}" if prior else "")
