@@ -23,7 +23,8 @@ What it does:
    idempotent for their date), and its top functions are printed;
 5. Spark ALS (implicit, rank 64, 10 iterations) is fitted on all the nights' interactions and
    ``recommendForAllUsers(50)`` is written to Parquet, in a child process with its own JVM, so that
-   its peak memory is its own (the same Spark settings as the pipeline's session).
+   its peak memory is its own (the pipeline's Spark settings, but spark.memory.fraction at Spark's
+   default 0.6, ``--als-memory-fraction``: 0.3 is the pipeline's tuning).
 
 ``--history-days H`` also builds a second lake in the same session: H+1 synthetic days, of which
 days 1..H-1 are ingested one landing day each as set-up (in this process, one Spark session), then
@@ -263,7 +264,9 @@ def als_child(args) -> None:
     from coldstart.lake import Lake
     from coldstart.spark import get_session
 
-    settings = Settings.load(env={}, lake=args.lake, spark_driver_memory=args.driver_memory)
+    # ALS as Spark ships it: the pipeline's own spark_memory_fraction (0.3) is its tuning, not ALS's
+    settings = Settings.load(env={}, lake=args.lake, spark_driver_memory=args.driver_memory,
+                             spark_memory_fraction=args.als_memory_fraction)
     spark = get_session(settings, app_name="nightly-scale-als")
     t0 = time.perf_counter()
     events = Lake(settings.lake).read_spark(spark, "interactions").select("user_id", "item_id")
@@ -295,7 +298,7 @@ def als_child(args) -> None:
 def run_als(args, lake: str) -> dict:
     out = Path(args.workdir) / "als_recs.parquet"
     cmd = [sys.executable, __file__, "--als-child", "--lake", lake, "--als-out", str(out),
-           "--driver-memory", args.driver_memory]
+           "--driver-memory", args.driver_memory, "--als-memory-fraction", str(args.als_memory_fraction)]
     load_start = load()
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -464,6 +467,8 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a new one under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--skip-als", action="store_true")
+    parser.add_argument("--als-memory-fraction", type=float, default=0.6,
+                        help="spark.memory.fraction of the ALS job (default: Spark's own default, 0.6)")
     parser.add_argument("--no-profile", action="store_true", help="do not rerun the slowest stage under cProfile")
     parser.add_argument("--in-process", action="store_true",
                         help="run the stages in this process with one Spark session (as `coldstart run` does) "

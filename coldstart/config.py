@@ -38,6 +38,9 @@ class Settings:
     spark_master: str = _doc("Spark master URL.", "local[2]")
     spark_shuffle_partitions: int = _doc("spark.sql.shuffle.partitions (keep small locally).", 4)
     spark_driver_memory: str = _doc("spark.driver.memory.", "2g")
+    spark_memory_fraction: float = _doc("spark.memory.fraction: share of the heap for Spark's sorts and caches; below "
+                                        "Spark's 0.6 default the jobs spill sooner and keep a smaller heap "
+                                        "(bench/results/nightly_scale.md).", 0.3)
     spark_executor_gpus: float = _doc("spark.executor.resource.gpu.amount (0 = no GPU scheduling).", 0.0)
     spark_task_gpus: float = _doc("spark.task.resource.gpu.amount (e.g. 0.25 = 4 tasks share a GPU).", 0.0)
     spark_gpu_discovery_script: str = _doc("spark.executor.resource.gpu.discoveryScript when GPUs are used.", "")
@@ -131,6 +134,7 @@ class Settings:
         for name in ("encoder_threads", "task_retries", "landing_timeout_minutes", "lateness_days", "train_epochs_warm", "train_epochs_full", "train_replay_sample"):
             need(getattr(self, name) >= 0, name, "must not be negative")
         need(0.0 <= self.train_id_dropout < 1.0, "train_id_dropout", "must be in [0, 1)")
+        need(0.0 < self.spark_memory_fraction < 1.0, "spark_memory_fraction", "must be in (0, 1)")
         need(self.encoder_device in ("auto", "cpu", "cuda"), "encoder_device", "must be auto, cpu or cuda")
         need(bool(self.event_types), "event_types", "needs at least one event type")
         need(self.spark_task_gpus <= max(self.spark_executor_gpus, 0) or self.spark_executor_gpus == 0,

@@ -53,6 +53,7 @@ def get_session(settings: Settings | None = None, app_name: str = "coldstart"):
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.memory", settings.spark_driver_memory)
+        .config("spark.memory.fraction", str(settings.spark_memory_fraction))
         # Delta requires microsecond timestamps in Parquet, not Spark's legacy INT96.
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")

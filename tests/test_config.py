@@ -16,7 +16,8 @@ def test_environment_overrides_and_types():
 
 
 @pytest.mark.parametrize("name,value", [("COLDSTART_TOP_K", "many"), ("COLDSTART_TOP_K", "0"),
-                                        ("COLDSTART_BASELINES", "perhaps"), ("COLDSTART_ENCODER_DEVICE", "tpu")])
+                                        ("COLDSTART_BASELINES", "perhaps"), ("COLDSTART_ENCODER_DEVICE", "tpu"),
+                                        ("COLDSTART_SPARK_MEMORY_FRACTION", "1.5")])
 def test_bad_value_names_the_setting(name, value):
     with pytest.raises(SettingsError, match=name):
         Settings.load(env={name: value})
@@ -48,3 +49,7 @@ def test_table_docs_are_in_sync_with_the_catalog():
 
     committed = (Path(__file__).resolve().parent.parent / "docs" / "tables.md").read_text()
     assert committed == tables_markdown(), "run: python -m coldstart.docs > docs/tables.md"
+
+
+def test_spark_session_takes_the_memory_fraction(spark):
+    assert spark.sparkContext.getConf().get("spark.memory.fraction") == str(Settings.load(env={}).spark_memory_fraction)
