@@ -12,7 +12,7 @@ What it does:
 2. nights 1..N run every stage with ``baselines=False``; the last night is the steady state that is
    reported (the first one embeds the whole catalog). Each stage is one ``spark-submit
    jobs/<stage>.py --run-date D`` job with ``--driver-memory``, as the DAG runs it; a background
-   thread samples the RSS of the job's process tree every 0.5 s (the JVM, the driver's Python,
+   thread samples the memory (PSS) of the job's process tree every 0.5 s (the JVM, the driver's Python,
    Spark's Python workers). A night's peak is its largest stage's. The stage's time is its own "done
    in" log line (the JVM start is in the wall time, reported beside it). ``--in-process`` runs the
    stages in this process with one Spark session instead (``coldstart run``'s way), whose memory
@@ -67,8 +67,10 @@ GIB = 2**30
 
 
 class MemorySampler(threading.Thread):
-    """Peak RSS of a process tree (root and all descendants), split into the root's own Python,
-    the JVM(s) and other Python processes (Spark's workers)."""
+    """Peak memory of a process tree (root and all descendants), split into the root's own Python,
+    the JVM(s) and other Python processes (Spark's workers), as PSS: a page shared by several
+    processes (Spark's Python workers are forked from one daemon) is counted once, split between
+    them. The plain sum of RSS, which counts such pages once per process, is kept as ``rss_total``."""
 
     def __init__(self, root_pid: int | None = None, interval: float = 0.5, driver_marker: str | None = None):
         super().__init__(daemon=True)
@@ -81,7 +83,7 @@ class MemorySampler(threading.Thread):
 
     @staticmethod
     def _zero() -> dict:
-        return {"driver": 0, "jvm": 0, "python_workers": 0, "total": 0}
+        return {"driver": 0, "jvm": 0, "python_workers": 0, "total": 0, "rss_total": 0}
 
     def _kind(self, process: psutil.Process) -> str:
         if "java" in process.name():
@@ -92,16 +94,20 @@ class MemorySampler(threading.Thread):
 
     def sample(self) -> dict:
         now = {"driver": 0, "jvm": 0, "python_workers": 0}
+        rss = 0
         try:
             processes = [self.root, *self.root.children(recursive=True)]
         except psutil.Error:
             return self._zero()
         for process in processes:
             try:
-                now[self._kind(process)] += process.memory_info().rss
+                info = process.memory_full_info()
+                now[self._kind(process)] += info.pss
+                rss += info.rss
             except psutil.Error:
                 continue
         now["total"] = sum(now.values())
+        now["rss_total"] = rss
         return now
 
     def run(self) -> None:
@@ -165,7 +171,7 @@ def write_config(path: Path, settings: Settings) -> Path:
 
 def run_job(stage: str, day: dt.date, config: Path, args) -> dict:
     """One stage as the DAG runs it: `spark-submit jobs/<stage>.py --run-date D` in its own process
-    tree, whose peak RSS is sampled. seconds = the stage's own time (its "done in" log line, without
+    tree, whose peak memory (PSS) is sampled. seconds = the stage's own time (its "done in" log line, without
     the JVM start); wall_s = the whole job."""
     from coldstart.orchestration import spark_environment
 
@@ -352,11 +358,13 @@ def markdown(args, arm: dict, als: dict | None, profile: tuple | None, setup: di
     if history:
         lines += _night_rows(history["nights"], f"{args.history_days} days")
     lines += ["", f"Last night ({last['date']}): {_active(last)}.", "",
-              f"Peak RSS per stage of the last night ({last['date']}), GiB (sampled every 0.5 s):", "",
-              "| stage | driver Python | JVM | Python workers | total |", "|---|---|---|---|---|"]
+              f"Peak memory (PSS) per stage of the last night ({last['date']}), GiB (sampled every 0.5 s; "
+              "rss = the plain sum of the processes' RSS, which counts pages shared by forked workers once each):", "",
+              "| stage | driver Python | JVM | Python workers | total | rss |", "|---|---|---|---|---|---|"]
     for s in STAGES:
         p = last["stages"][s]["peak_gib"]
-        lines.append(f"| {s} | {p['driver']:.2f} | {p['jvm']:.2f} | {p['python_workers']:.2f} | {p['total']:.2f} |")
+        lines.append(f"| {s} | {p['driver']:.2f} | {p['jvm']:.2f} | {p['python_workers']:.2f} | {p['total']:.2f} | "
+                     f"{p['rss_total']:.2f} |")
     if history:
         h_last = history["nights"][-1]
         lines += ["", f"History independence: {args.history_days} days of history ({_describe(history['config'])}); "
@@ -374,15 +382,17 @@ def markdown(args, arm: dict, als: dict | None, profile: tuple | None, setup: di
         ours = last["seconds"]
         als_total = als["fit_s"] + als["recommend_s"]
         lines += ["", "Spark ALS (implicit, rank 64, 10 iterations, regParam 0.01) on all the 3-day lake's interactions "
-                  "(event counts per (user, item) as strength), in a child process with its own JVM and the same "
-                  "Spark settings:", "",
-                  "| | seconds | peak tree GiB | peak JVM GiB |", "|---|---|---|---|",
+                  f"(event counts per (user, item) as strength), in a child process with its own JVM, the same "
+                  f"driver memory and spark.memory.fraction {args.als_memory_fraction}:", "",
+                  "| | seconds | peak tree GiB (PSS) | peak JVM GiB | peak tree GiB (RSS sum) |", "|---|---|---|---|---|",
                   f"| our last night (all 5 stages) | {ours:.1f} | {last['peak_total_gib']:.2f} | "
-                  f"{max(last['stages'][s]['peak_gib']['jvm'] for s in STAGES):.2f} |",
-                  f"| ALS prepare (read, StringIndexer, count; not in the ratio) | {als['prepare_s']:.1f} | | |",
-                  f"| ALS fit | {als['fit_s']:.1f} | | |",
-                  f"| ALS recommendForAllUsers(50) to Parquet | {als['recommend_s']:.1f} | | |",
-                  f"| ALS fit + recommend | {als_total:.1f} | {als['peak_gib']['total']:.2f} | {als['peak_gib']['jvm']:.2f} |",
+                  f"{max(last['stages'][s]['peak_gib']['jvm'] for s in STAGES):.2f} | "
+                  f"{max(last['stages'][s]['peak_gib']['rss_total'] for s in STAGES):.2f} |",
+                  f"| ALS prepare (read, StringIndexer, count; not in the ratio) | {als['prepare_s']:.1f} | | | |",
+                  f"| ALS fit | {als['fit_s']:.1f} | | | |",
+                  f"| ALS recommendForAllUsers(50) to Parquet | {als['recommend_s']:.1f} | | | |",
+                  f"| ALS fit + recommend | {als_total:.1f} | {als['peak_gib']['total']:.2f} | {als['peak_gib']['jvm']:.2f} | "
+                  f"{als['peak_gib']['rss_total']:.2f} |",
                   "", f"Ratio our night / ALS fit+recommend: **{ours / als_total:.2f}x** (wall, with our jobs' "
                   f"JVM starts: {last['wall_s'] / als_total:.2f}x). ALS on {als['pairs']:,} "
                   f"(user, item) pairs, {als['users']:,} users listed, {als['distinct_items']:,} items; "
