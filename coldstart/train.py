@@ -32,10 +32,10 @@ from coldstart.lake import Lake
 log = logging.getLogger("coldstart.train")
 
 # Half-life (days) of the replay sample's recency weighting: the last few days are replayed almost
-# whole, older history fills the rest of ``train_replay_sample`` uniformly.
+# whole, older days more and more thinly.
 REPLAY_HALF_LIFE_DAYS = 2.0
 # Run dates before D that the replay sample draws from. At the half-life above an event a week old
-# weighs 9 % of yesterday's; older history is not read, so a night's cost does not grow with it.
+# weighs an eighth of yesterday's; older history is not read, so a night's cost does not grow with it.
 REPLAY_DAYS = 7
 
 
