@@ -95,19 +95,18 @@ def _replay_sample(lake: Lake, settings: Settings, run_date: dt.date, columns: l
     sizes = {day: rows for day, rows in lake.partition_rows("interactions", "run_date").items()
              if run_date - dt.timedelta(days=REPLAY_DAYS) <= day < run_date and rows}
     if wanted <= 0 or not sizes:
-        return coded_frame(pa.table({c: pa.array([], INTERACTIONS.schema.field(c).type) for c in columns}))
+        return coded_frame(INTERACTIONS.schema.empty_table().select(columns))
     days = sorted(sizes)
     ages = np.array([(run_date - day).days for day in days], dtype=np.float64)
     fractions = _replay_fractions(ages, np.array([sizes[d] for d in days]), wanted, REPLAY_HALF_LIFE_DAYS)
+    table = lake.read_arrow("interactions", columns=list(dict.fromkeys([*columns, "event_id", "run_date"])),
+                            filters=[("run_date", ">=", days[0]), ("run_date", "<", run_date)])
+    row_days = table.column("run_date").to_numpy(zero_copy_only=False).astype("datetime64[D]")
+    row_fractions = fractions[np.searchsorted(np.array(days, dtype="datetime64[D]"), row_days)]
     key = hashlib.blake2b(f"{settings.seed}/{run_date.isoformat()}".encode(), digest_size=8).hexdigest()
-    parts = []
-    for day, fraction in zip(days, fractions):
-        table = lake.read_arrow("interactions", columns=list(dict.fromkeys([*columns, "event_id"])),
-                                filters=[("run_date", "=", day)])
-        draw = pd.util.hash_array(table.column("event_id").to_numpy(zero_copy_only=False).astype(object),
-                                  hash_key=key, categorize=False) / float(2 ** 64)
-        parts.append(table.filter(pa.array(draw < fraction)).select(columns))
-    return coded_frame(pa.concat_tables(parts))
+    draw = pd.util.hash_array(table.column("event_id").to_numpy(zero_copy_only=False),
+                              hash_key=key, categorize=False) / float(2 ** 64)
+    return coded_frame(table.filter(pa.array(draw < row_fractions)).select(columns))
 
 
 def _holdout_of_today(n_replay: int, n_today: int, seed: int, run_date: dt.date) -> np.ndarray | None:
