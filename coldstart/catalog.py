@@ -171,7 +171,7 @@ RECOMMENDATIONS = Table(
         col("scene", pa.string(), "Scene the list is for.", nullable=False),
         col("rank", pa.int32(), "1 = best.", nullable=False),
         col("item_id", pa.string(), "Recommended item.", nullable=False),
-        col("score", pa.float64(), "Model score (logit) or popularity score for the fallback list.", nullable=False),
+        col("score", pa.float64(), "Model score (logit; for cold users plus cold_user_popularity_boost x the item's recent popularity) or popularity score for the fallback list.", nullable=False),
         col("model_version", pa.string(), "model_registry version that scored (or 'popular' for the fallback).", nullable=False),
         col("user_segment", pa.string(), "new (no history, no profile), cold (profile or 1-5 events), warm (more).", nullable=False),
         col("item_is_new", pa.bool_(), "Item had no interaction before this run date.", nullable=False),

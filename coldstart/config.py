@@ -63,7 +63,11 @@ class Settings:
     train_epochs_full: int = _doc("Epochs of a full (or cold) retrain.", 6)
     train_replay_sample: int = _doc("Events of the week before the run date replayed with its data in warm training (recent days weigh more).", 50000)
     train_batch_size: int = _doc("Training batch size.", 1024)
-    train_learning_rate: float = _doc("Adam learning rate.", 0.003)
+    train_learning_rate: float = _doc("Adam learning rate of the towers and heads.", 0.003)
+    train_id_learning_rate: float = _doc("Adam learning rate of the id tables (user, item, history and target rows): "
+                                         "a row moves only when its id is in a batch, so it needs a larger step than "
+                                         "the shared towers to learn a user's tastes in a night (bench/results/quality.md).",
+                                         0.009)
     train_id_dropout: float = _doc("Probability of dropping an id embedding during training (DropoutNet).", 0.3)
     loss_weight_interact: float = _doc("Weight of the will-interact head's loss.", 1.0)
     loss_weight_rating: float = _doc("Weight of the rating head's loss.", 0.5)
@@ -73,6 +77,10 @@ class Settings:
     active_days: int = _doc("A known user seen within this many days is active.", 30)
     scenes_per_user: int = _doc("How many of a user's most frequent recent scenes get a list.", 1)
     score_block_users: int = _doc("Users per block in blocked scoring (bounds memory).", 4096)
+    cold_user_popularity_boost: float = _doc("Extra weight on an item's recent popularity in the scores of cold users "
+                                             "(a profile or 1-5 recent events): their vectors rest on little evidence, "
+                                             "so their lists lean towards what is popular now (bench/results/quality.md); "
+                                             "0 turns it off.", 1.0)
     baselines: bool = _doc("Evaluate the baselines too (popularity, item-kNN, EASE, content-kNN, ALS).", True)
     # --- orchestration -------------------------------------------------------------------
     schedule: str = _doc("Airflow schedule of the nightly DAG (a run at midnight of D+1 processes day D).", "@daily")
@@ -134,6 +142,9 @@ class Settings:
         for name in ("encoder_threads", "task_retries", "landing_timeout_minutes", "lateness_days", "train_epochs_warm", "train_epochs_full", "train_replay_sample"):
             need(getattr(self, name) >= 0, name, "must not be negative")
         need(0.0 <= self.train_id_dropout < 1.0, "train_id_dropout", "must be in [0, 1)")
+        for name in ("train_learning_rate", "train_id_learning_rate"):
+            need(getattr(self, name) > 0.0, name, "must be positive")
+        need(self.cold_user_popularity_boost >= 0.0, "cold_user_popularity_boost", "must not be negative")
         need(0.0 < self.spark_memory_fraction < 1.0, "spark_memory_fraction", "must be in (0, 1)")
         need(self.encoder_device in ("auto", "cpu", "cuda"), "encoder_device", "must be auto, cpu or cuda")
         need(bool(self.event_types), "event_types", "needs at least one event type")

@@ -55,6 +55,7 @@ class Lake:
         if _is_local(self.root):
             self.root = os.path.abspath(_local_path(self.root))
         self.storage_options = dict(storage_options) if storage_options else None
+        self._docs_synced: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Lake":
@@ -80,6 +81,24 @@ class Lake:
             DeltaTable.create(self.uri(name), spec.schema, mode="ignore", partition_by=list(spec.partition_by) or None,
                               name=spec.name, description=spec.doc, storage_options=self.storage_options)
         return DeltaTable(self.uri(name), storage_options=self.storage_options)
+
+    def writable(self, name: str) -> DeltaTable:
+        """:meth:`ensure`, and bring the table's column docs up to the catalog's: Delta refuses a write whose
+        schema metadata differs from the table's, so a table made by an older release (whose docs read
+        differently) would otherwise reject every write after an upgrade. One metadata commit per changed
+        column, checked once per table and Lake."""
+        dt_ = self.ensure(name)
+        if name in self._docs_synced:
+            return dt_
+        current = {f.name: dict(f.metadata) for f in dt_.schema().fields}
+        changed = False
+        for field in catalog_table(name).schema:
+            wanted = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
+            if field.name in current and wanted and current[field.name] != wanted:
+                dt_.alter.set_column_metadata(field.name, wanted)
+                changed = True
+        self._docs_synced.add(name)
+        return DeltaTable(self.uri(name), storage_options=self.storage_options) if changed else dt_
 
     def version(self, name: str) -> int:
         return self.table(name).version()
@@ -123,7 +142,7 @@ class Lake:
         """Replace one partition with streamed record batches (memory bounded by one batch), in one commit."""
         spec = catalog_table(name)
         self._check_partition_spec(spec, partition)
-        self.ensure(name)
+        self.writable(name)
         count = 0
         rejected: SchemaMismatchError | None = None
 
@@ -164,7 +183,7 @@ class Lake:
         keys = data.select(list(spec.key)).group_by(list(spec.key)).aggregate([([], "count_all")])
         if keys.num_rows != data.num_rows:
             raise SchemaMismatchError(f"table {name}: merge source has duplicate keys on {', '.join(spec.key)}")
-        dt_ = self.ensure(name)
+        dt_ = self.writable(name)
         predicate = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)
         preserve = set(preserve)
         combine = dict(combine or {})
@@ -180,7 +199,7 @@ class Lake:
     def append_once(self, name: str, data: pa.Table, txn_id: str) -> bool:
         """Append guarded by a Delta app transaction: the same txn_id never appends twice."""
         data = self.conform(name, data)
-        dt_ = self.ensure(name)
+        dt_ = self.writable(name)
         app_id = f"coldstart:{name}:{txn_id}"
         if dt_.transaction_version(app_id) is not None:
             log.info("%s: append %s already committed, skipped", name, txn_id)
@@ -259,7 +278,7 @@ class Lake:
             return self._write_spark_via_arrow(df, name, mode, partition)
         spec = catalog_table(name)
         df = conform_spark(df, spec)
-        dt_ = self.ensure(name)
+        dt_ = self.writable(name)
         if mode == "replace_partition":
             self._check_partition_spec(spec, partition or {})
         if txn_id and dt_.transaction_version(f"coldstart:{name}:{txn_id}") is not None:
@@ -317,7 +336,7 @@ class Lake:
         df = conform_spark(df, spec)
         batches = (self.conform(name, pa.Table.from_batches([b])).to_batches() for b in df.toArrow().to_batches())
         reader = pa.RecordBatchReader.from_batches(spec.schema, (b for bs in batches for b in bs))
-        self.ensure(name)
+        self.writable(name)
         kwargs = {}
         if mode == "replace_partition":
             kwargs["predicate"] = _partition_predicate(partition)

@@ -787,7 +787,8 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
     model = ckpt.model
     config.update(n_users=len(ckpt.user_index), n_items=len(ckpt.item_index), n_scenes=len(ckpt.scene_index),
                   mode=mode, epochs=n_epochs, seed=seed, batch_size=int(settings.train_batch_size),
-                  learning_rate=float(settings.train_learning_rate), id_dropout=float(settings.train_id_dropout),
+                  learning_rate=float(settings.train_learning_rate),
+                  id_learning_rate=float(settings.train_id_learning_rate), id_dropout=float(settings.train_id_dropout),
                   loss_weight_interact=float(settings.loss_weight_interact),
                   loss_weight_rating=float(settings.loss_weight_rating), n_events=len(data))
 
@@ -816,9 +817,9 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
     dense = [p for n, p in model.named_parameters() if not n.startswith(sparse_tables)]
     sparse = [model.user_id.weight, model.item_id.weight, model.item_id_bias.weight, model.item_hist.weight,
               model.item_target.weight]
-    lr = float(settings.train_learning_rate)
-    opt_dense = torch.optim.Adam(dense, lr=lr)
-    opt_sparse = torch.optim.SparseAdam(sparse, lr=lr)
+    # the id tables take larger steps: a row only moves in the batches that hold its id
+    opt_dense = torch.optim.Adam(dense, lr=float(settings.train_learning_rate))
+    opt_sparse = torch.optim.SparseAdam(sparse, lr=float(settings.train_id_learning_rate))
     p_drop = float(settings.train_id_dropout)
     w_i, w_r = float(settings.loss_weight_interact), float(settings.loss_weight_rating)
     batch = int(settings.train_batch_size)

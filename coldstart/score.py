@@ -5,6 +5,11 @@
   and no history from the profile alone); a user with neither gets the scene's popular-and-fresh list;
 * user_segment: ``new`` (no history, no profile), ``cold`` (a profile, 1-5 recent events, or only
   history older than the active window), ``warm`` (more than 5 recent events);
+* a cold user's scores add ``cold_user_popularity_boost`` x the item's recent popularity (the model's
+  pop feature on the serving day) to the model's logit: a vector learned from a handful of events is
+  a noisy guess, and leaning on what is popular now was worth more than it on the quality bench
+  (bench/results/quality.md). The boost is one more column of the item matrix (pop) met by one more
+  coordinate of the user vector (the boost, or 0), so it costs no second pass;
 * scoring runs in blocks of ``score_block_users`` (user, scene) lists: the block's user vectors, a
   top-k kernel (:func:`top_k_scores`) and the block's Arrow batch, streamed into one Delta commit,
   so memory is bounded by the block, not by the number of users;
@@ -231,7 +236,9 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     latest = latest_items(history.events)
     latest_rows = latest.groupby("user_id", observed=True).indices  # user -> row positions, so a block takes only its users
     fresh, pop = serving_state(lake, items, run_date)
-    matrix = ItemMatrix(*item_vectors(ckpt, item_ids, item_content, fresh=fresh, pop=pop))
+    vectors, bias = item_vectors(ckpt, item_ids, item_content, fresh=fresh, pop=pop)
+    matrix = ItemMatrix(np.hstack([vectors, pop.astype(np.float32)[:, None]]), bias)  # last column: pop, for the boost
+    boost = float(settings.cold_user_popularity_boost)
     dim = next(iter(item_content.values())).shape[0] if item_content else 1
     content = torch.from_numpy(np.stack([item_content.get(i, np.zeros(dim, np.float32)) for i in item_ids])
                                if len(item_ids) else np.zeros((0, dim), np.float32))
@@ -249,6 +256,8 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
             block_users = block["user_id"].to_numpy()
             user_vecs = user_vectors(ckpt, block_users, block["scene"].to_numpy(), u_content,
                                      latest.take(_rows_of(latest_rows, block_users)))
+            user_boost = np.where(block["segment"].to_numpy() == "cold", boost, 0.0).astype(np.float32)
+            user_vecs = np.hstack([user_vecs, user_boost[:, None]])
             block_consumed = [consumed_by_user.get(u, NOTHING) for u in block["user_id"]]
             values, positions = top_k_scores(user_vecs, matrix, k, block_consumed)
             yield _model_batch(block, values, positions, recent, content, liked, item_ids, is_new, version, run_date)

@@ -17,7 +17,10 @@ def test_environment_overrides_and_types():
 
 @pytest.mark.parametrize("name,value", [("COLDSTART_TOP_K", "many"), ("COLDSTART_TOP_K", "0"),
                                         ("COLDSTART_BASELINES", "perhaps"), ("COLDSTART_ENCODER_DEVICE", "tpu"),
-                                        ("COLDSTART_SPARK_MEMORY_FRACTION", "1.5")])
+                                        ("COLDSTART_SPARK_MEMORY_FRACTION", "1.5"),
+                                        ("COLDSTART_TRAIN_ID_LEARNING_RATE", "0"),
+                                        ("COLDSTART_TRAIN_LEARNING_RATE", "-0.1"),
+                                        ("COLDSTART_COLD_USER_POPULARITY_BOOST", "-1")])
 def test_bad_value_names_the_setting(name, value):
     with pytest.raises(SettingsError, match=name):
         Settings.load(env={name: value})

@@ -154,3 +154,23 @@ def test_partition_rows_come_from_the_log_and_follow_a_replace(lake):
     assert lake.partition_rows("recommendations", "run_date") == {D1: 6, D2: 10}
     lake.replace_partition("recommendations", recs(D1, users=1), run_date=D1)
     assert lake.partition_rows("recommendations", "run_date") == {D1: 2, D2: 10}
+
+
+@pytest.mark.parametrize("write", ["replace", "merge", "append_once"])
+def test_a_table_with_older_column_docs_takes_writes_and_gets_the_catalogs_docs(lake, write):
+    """A lake made by an older release, whose column docs read differently: Delta refuses a write whose
+    schema metadata differs, so without the sync every write after an upgrade would fail."""
+    from deltalake import DeltaTable
+
+    old = pa.schema([f.with_metadata({"doc": "an older wording"}) if f.name == "score" else f
+                     for f in RECOMMENDATIONS.schema])
+    DeltaTable.create(lake.uri("recommendations"), old, partition_by=["run_date"])
+    if write == "replace":
+        lake.replace_partition("recommendations", recs(D1), run_date=D1)
+    elif write == "merge":
+        lake.merge("recommendations", recs(D1))
+    else:
+        assert lake.append_once("recommendations", recs(D1), txn_id="t1")
+    docs = {f.name: f.metadata.get("doc") for f in lake.table("recommendations").schema().fields}
+    assert docs["score"] == RECOMMENDATIONS.column_doc("score")
+    assert len(lake.read_pandas("recommendations")) == 6

@@ -325,6 +325,21 @@ def test_warm_start_grows_and_fine_tunes_from_prior(ckpt, world, tmp_path):
     assert scores[1, topics == 1].mean() > scores[1, topics == 0].mean()
 
 
+def test_the_id_tables_learn_at_their_own_rate(ckpt, world):
+    """train_id_learning_rate drives the id tables (sparse Adam), train_learning_rate the towers."""
+    u, i, s, v = world.events(["t0-u00", "t1-u01"], 15)
+    day = TrainingData(u, i, s, v, world.item_content, pool_user_content(u, i, world.item_content))
+    before = _state(ckpt)
+    moved = {}
+    for id_rate in (1e-9, 1e-2):
+        after = train(day, _settings(train_id_learning_rate=id_rate), prior=ckpt).model.state_dict()
+        moved[id_rate] = {k: float((after[k] - before[k]).abs().max()) for k in ("user_id.weight", "item_hist.weight",
+                                                                                  "user_tower.0.weight")}
+    assert moved[1e-9]["user_id.weight"] < 1e-6 and moved[1e-9]["item_hist.weight"] < 1e-6
+    assert moved[1e-2]["user_id.weight"] > 1e-3 and moved[1e-2]["item_hist.weight"] > 1e-3
+    assert moved[1e-9]["user_tower.0.weight"] > 1e-3  # the towers kept their own rate
+
+
 def test_warm_start_rejects_an_incompatible_prior(ckpt):
     u = np.array(["a"] * 3, dtype=object)
     i = np.array(["x", "y", "x"], dtype=object)

@@ -91,14 +91,35 @@ def test_profile_only_user_is_scored_from_the_profile(world):
     profile = content_vectors(lake, settings, "user")
     items = list(mine.item_id)
     catalogue = lake.read_pandas("items", columns=["item_id", "first_interaction"]).set_index("item_id").loc[items]
-    V, bias = item_vectors(ckpt, items, content_vectors(lake, settings, "item"),
-                           *serving_state(lake, catalogue.reset_index(), D))
+    fresh, pop = serving_state(lake, catalogue.reset_index(), D)
+    V, bias = item_vectors(ckpt, items, content_vectors(lake, settings, "item"), fresh, pop)
+    bias = bias + settings.cold_user_popularity_boost * pop  # a profile-only user is cold
     expected = user_vectors(ckpt, ["u_profile"], ["default"], profile)[0] @ V.T + bias
     assert np.allclose(mine.score, expected, rtol=1e-4, atol=1e-5)
     without = user_vectors(ckpt, ["u_profile"], ["default"], {})[0] @ V.T + bias
     assert not np.allclose(expected, without)  # the profile changed the scores
     old = recs[recs.user_id == "u_hist_old"]
     assert set(old.reason) == {"based on your earlier activity"} and "b2" not in set(old.item_id)
+
+
+def test_cold_users_scores_add_the_popularity_boost_and_warm_users_do_not(world):
+    settings, lake, registry, recs = world
+    score(None, settings.replace(cold_user_popularity_boost=0.0), D)
+    plain = lake.read_pandas("recommendations", filters=[("run_date", "=", D)])
+    score(None, settings, D)  # back to the module's lists for the other tests
+    catalogue = lake.read_pandas("items", columns=["item_id", "first_interaction"])
+    pop = dict(zip(catalogue.item_id, serving_state(lake, catalogue, D)[1]))
+    both = recs.merge(plain, on=["user_id", "scene", "item_id"], suffixes=("", "_plain"))
+    assert len(both) == len(recs)  # top_k 50 > catalogue: the same items, maybe in another order
+    modelled = both[both.model_version != "popular"]
+    added = modelled.score - modelled.score_plain
+    expected = np.where(modelled.user_segment == "cold", settings.cold_user_popularity_boost, 0.0) \
+        * modelled.item_id.map(pop).to_numpy()
+    assert settings.cold_user_popularity_boost > 0 and {"cold", "warm"} <= set(modelled.user_segment)
+    assert np.allclose(added, expected, atol=1e-5)
+    assert (added[modelled.user_segment == "cold"] > 0).any()  # popular items exist: the boost moved scores
+    popular = both[both.model_version == "popular"]
+    assert np.allclose(popular.score, popular.score_plain)
 
 
 def test_lists_hold_active_unconsumed_items_only_new_ones_included(world):
