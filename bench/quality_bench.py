@@ -103,7 +103,9 @@ def world_report(world: str, res: dict, args) -> tuple[list[str], bool]:
         f"Days: {days[0]} (first night: cold training) .. {days[-1]}; {len(nights)} evaluated nights "
         f"({nights[0]} .. {nights[-1]}), the lists of each night against the next day's events.  ",
         f"Model: warm chain (epochs warm={s.train_epochs_warm}, cold={s.train_epochs_full}, replay sample="
-        f"{s.train_replay_sample}, dim={s.model_dim}, id dropout={s.train_id_dropout}, seed={s.seed}).  ",
+        f"{s.train_replay_sample}, dim={s.model_dim}, id dropout={s.train_id_dropout}, learning rate "
+        f"{s.train_learning_rate} (id tables {s.train_id_learning_rate}), cold-user popularity boost "
+        f"{s.cold_user_popularity_boost}, seed={s.seed}).  ",
         f"Stage seconds over all nights: " + ", ".join(f"{k} {v:.0f}" for k, v in res["seconds"].items()) +
         f"; wall {res['wall']:.0f} s.",
         "",

@@ -42,7 +42,10 @@ Multi-task: two heads share the towers.
 * *rating*: regression of ``value`` (events whose value is not NaN) by a small head over the same
   towers: ``rating_mean + w . (u * v) + a * b(Y) + c``.
 
-The loss is ``loss_weight_interact * bce + loss_weight_rating * mse``; a deterministic held-out split
+The loss is ``loss_weight_interact * bce + loss_weight_rating * mse``, minimised by Adam at
+``train_learning_rate`` for the towers and heads and by sparse Adam at ``train_id_learning_rate`` for the
+id tables: a row moves only in the batches that hold its id, and at the towers' rate a night's few
+steps left users' tastes under-learnt (bench/results/quality.md). A deterministic held-out split
 gives each head's validation metric (interact AUC against sampled negatives, also with the items'
 ids dropped = cold-item AUC; rating RMSE with the global-mean baseline next to it).
 
