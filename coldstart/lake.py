@@ -94,8 +94,9 @@ class Lake:
         changed = False
         for field in catalog_table(name).schema:
             wanted = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
-            if field.name in current and wanted and current[field.name] != wanted:
-                dt_.alter.set_column_metadata(field.name, wanted)
+            # only the catalog's own keys: another writer's extra keys do not conflict with ours
+            if field.name in current and any(current[field.name].get(k) != v for k, v in wanted.items()):
+                dt_.alter.set_column_metadata(field.name, {**current[field.name], **wanted})
                 changed = True
         self._docs_synced.add(name)
         return DeltaTable(self.uri(name), storage_options=self.storage_options) if changed else dt_

@@ -174,3 +174,8 @@ def test_a_table_with_older_column_docs_takes_writes_and_gets_the_catalogs_docs(
     docs = {f.name: f.metadata.get("doc") for f in lake.table("recommendations").schema().fields}
     assert docs["score"] == RECOMMENDATIONS.column_doc("score")
     assert len(lake.read_pandas("recommendations")) == 6
+    # once in sync, a new job's write is one data commit, no metadata commit
+    again = Lake(lake.root)
+    before = again.version("recommendations")
+    again.replace_partition("recommendations", recs(D1), run_date=D1)
+    assert again.version("recommendations") == before + 1
