@@ -39,17 +39,25 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--landing", default=None, help="landing root (default: setting landing)")
     rep.add_argument("--users-limit", type=int, default=None, help="keep only the first N users (tiny slices)")
 
-    syn = sub.add_parser("synth", help="write synthetic landing days (power-law users/items, topics, broken rows)")
-    syn.add_argument("--users", type=int, default=2000, help="users on the first day (default 2000)")
-    syn.add_argument("--items", type=int, default=1000, help="catalog items on the first day (default 1000)")
-    syn.add_argument("--events-per-day", type=int, default=20000, help="interaction rows per day, broken ones included")
+    syn = sub.add_parser("synth", help="write synthetic landing days (power-law users/items, topics, item-to-item "
+                                       "links, broken rows)")
+    syn.add_argument("--preset", default="media", help="world shape: media (topics, full text; the default) or shop "
+                                                       "(e-commerce: 1-5 events per user, long tail, links, sparse text)")
+    syn.add_argument("--users", type=int, default=None, help="users on the first day (media: 2000)")
+    syn.add_argument("--items", type=int, default=None, help="catalog items on the first day (media: 1000)")
+    syn.add_argument("--events-per-day", type=int, default=None, help="interaction rows per day, broken ones included "
+                                                                      "(media: 20000)")
     syn.add_argument("--days", type=int, default=3, help="days to write (default 3)")
-    syn.add_argument("--new-items-per-day", type=int, default=50)
-    syn.add_argument("--new-users-per-day", type=int, default=100)
-    syn.add_argument("--broken-share", type=float, default=0.01, help="share of broken rows, spread over every kind")
+    syn.add_argument("--new-items-per-day", type=int, default=None, help="(media: 50)")
+    syn.add_argument("--new-users-per-day", type=int, default=None, help="(media: 100)")
+    syn.add_argument("--broken-share", type=float, default=None, help="share of broken rows, spread over every kind "
+                                                                      "(default 0.01)")
     syn.add_argument("--start", type=_date, default=dt.date(2024, 1, 1), help="first day (default 2024-01-01)")
     syn.add_argument("--seed", type=int, default=None, help="random seed (default: setting seed)")
-    syn.add_argument("--topics", type=int, default=20)
+    syn.add_argument("--topics", type=int, default=None, help="(media: 20)")
+    syn.add_argument("--relation-share", type=float, default=None,
+                     help="share of events that follow an item-to-item link (media: 0, shop: 0.45)")
+    syn.add_argument("--text-share", type=float, default=None, help="share of items with full text (media: 1)")
     syn.add_argument("--files-per-day", type=int, default=4, help="interaction files per day (JSONL, CSV, Parquet in turn)")
     syn.add_argument("--landing", default=None, help="landing root (default: setting landing)")
 
@@ -89,14 +97,16 @@ def main(argv: list[str] | None = None) -> int:
                       users_limit=args.users_limit)
         print(f"landed {plan.days + 1} days: bootstrap {plan.bootstrap_day}, replay {plan.day(1)} .. {plan.day(plan.days)}")
     elif args.command == "synth":
-        from coldstart.synth import SynthConfig, synth
+        from coldstart.synth import preset_config, synth
+        given = {name: getattr(args, name) for name in ("users", "items", "events_per_day", "new_items_per_day",
+                                                         "new_users_per_day", "broken_share", "topics",
+                                                         "relation_share", "text_share")
+                 if getattr(args, name) is not None}
         try:
-            cfg = SynthConfig(users=args.users, items=args.items, events_per_day=args.events_per_day, days=args.days,
-                              new_items_per_day=args.new_items_per_day, new_users_per_day=args.new_users_per_day,
-                              broken_share=args.broken_share, start=args.start,
-                              seed=settings.seed if args.seed is None else args.seed, topics=args.topics,
-                              files_per_day=args.files_per_day, lateness_days=settings.lateness_days,
-                              max_text_chars=settings.max_text_chars)
+            cfg = preset_config(args.preset, **given, days=args.days, start=args.start,
+                                seed=settings.seed if args.seed is None else args.seed,
+                                files_per_day=args.files_per_day, lateness_days=settings.lateness_days,
+                                max_text_chars=settings.max_text_chars)
         except ValueError as exc:
             print(f"coldstart synth: {exc}", file=sys.stderr)
             return 2

@@ -12,6 +12,19 @@ The world, fixed by the seed:
   time, else any topic), then an item of that topic by popularity; ``rate`` events rate items of a
   preferred topic higher.
 
+Item-to-item structure (off unless ``relation_share`` > 0): every item has ``related_per_item``
+links: bundles (items of its own topic) and complements (items of a partner topic, which content
+alone does not reveal); ``sequel_share`` of the new items are sequels of an earlier item of the same
+topic, titled after it (``<series> 2``), linked both ways. ``relation_share`` of the events then
+follow a link instead: the user takes one of their ``FOLLOW_RECENT`` most recent earlier items and
+consumes one of its usable links, so consuming A raises the chance of B (the co-consumption that
+EASE and item-kNN learn). ``text_share`` < 1 leaves the rest of the items with a title only or with
+no text at all (half each), as real catalogues do.
+
+Presets (``PRESETS``, ``coldstart synth --preset``): ``media`` (the defaults: topics only, full text)
+and ``shop`` (e-commerce shaped: many users with 1-5 events, a long tail of items, links, sparse
+text).
+
 Calendar: day 0 lands the initial catalog, the initial users and their first events (bootstrap);
 every day lands ``new_users_per_day`` users (active from that day) and ``new_items_per_day`` catalog
 rows, which become interactable from the next day, so a catalog row always lands before the item's
@@ -83,6 +96,12 @@ class SynthConfig:
     taste_share: float = 0.85
     lateness_days: int = 1        # ingest's setting: late and future broken rows are placed beyond it
     max_text_chars: int = 20000   # ingest's setting: oversize broken rows exceed it
+    activity_shape: float = 1.2   # Pareto shape of user activity (larger: fewer heavy users)
+    popularity_shape: float = 1.1  # Pareto shape of item popularity (smaller: a longer, heavier tail)
+    relation_share: float = 0.0   # share of events that follow an item-to-item link (0: topics only)
+    related_per_item: int = 3
+    sequel_share: float = 0.3     # share of new items that are sequels of an earlier item (with links on)
+    text_share: float = 1.0       # share of items with full text; the rest: a title only, or nothing
 
     def __post_init__(self):
         for name in ("users", "items", "events_per_day", "days", "topics", "files_per_day"):
@@ -91,12 +110,34 @@ class SynthConfig:
         for name in ("new_items_per_day", "new_users_per_day"):
             if getattr(self, name) < 0:
                 raise ValueError(f"synth: {name} must not be negative, got {getattr(self, name)}")
-        for name in ("broken_share", "profile_share", "late_share", "taste_share"):
+        for name in ("activity_shape", "popularity_shape", "related_per_item"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"synth: {name} must be positive, got {getattr(self, name)}")
+        for name in ("broken_share", "profile_share", "late_share", "taste_share", "relation_share", "sequel_share",
+                     "text_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"synth: {name} must be in [0, 1], got {getattr(self, name)}")
 
     def day(self, index: int) -> dt.date:
         return self.start + dt.timedelta(days=index)
+
+
+# e-commerce shaped: most users have 1-5 events, a long tail of items, item-to-item links, sparse text
+PRESETS: dict[str, dict] = {
+    "media": {},
+    "shop": {"users": 6000, "items": 4000, "events_per_day": 9000, "new_users_per_day": 1500, "new_items_per_day": 150,
+             "topics": 30, "activity_shape": 2.5, "popularity_shape": 0.8, "taste_share": 0.7,
+             "relation_share": 0.45, "related_per_item": 3, "sequel_share": 0.3, "text_share": 0.4,
+             "profile_share": 0.1},
+}
+FOLLOW_RECENT = 10  # a link is followed from one of the user's this many most recent items
+
+
+def preset_config(name: str, **overrides) -> SynthConfig:
+    """SynthConfig of preset ``name`` (see PRESETS), with ``overrides`` on top."""
+    if name not in PRESETS:
+        raise ValueError(f"synth: unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return SynthConfig(**{**PRESETS[name], **overrides})
 
 
 @dataclass
@@ -143,7 +184,7 @@ class World:
                                             np.repeat(np.arange(cfg.days), cfg.new_users_per_day)])
         self.user_pref = rng.dirichlet(np.full(k, 0.15), size=n_users).astype(np.float32)
         self.user_pref_cum = np.cumsum(self.user_pref, axis=1)
-        self.user_activity = (rng.pareto(1.2, n_users) + 1.0).astype(np.float64)
+        self.user_activity = (rng.pareto(cfg.activity_shape, n_users) + 1.0).astype(np.float64)
         self.user_scene = rng.integers(0, len(SCENES), n_users)
         self.user_has_profile = rng.random(n_users) < cfg.profile_share
         self.item_ids = np.array([f"i{j:08d}" for j in range(n_items)], dtype=object)
@@ -153,8 +194,55 @@ class World:
         self.item_usable_from = np.where(np.arange(n_items) < cfg.items, 0, self.item_landing + 1)
         topic_popularity = 1.0 / np.arange(1, k + 1) ** 0.5
         self.item_topic = rng.choice(k, size=n_items, p=topic_popularity / topic_popularity.sum())
-        self.item_popularity = (rng.pareto(1.1, n_items) + 1.0).astype(np.float64)
+        self.item_popularity = (rng.pareto(cfg.popularity_shape, n_items) + 1.0).astype(np.float64)
         self.item_year = rng.integers(1950, 2024, n_items)
+        # links and text kinds draw from their own stream, so the topics-only world stays as it was
+        self.related = np.full((n_items, cfg.related_per_item), -1, dtype=np.int64)
+        self.series_title: np.ndarray | None = None
+        self.text_kind = np.zeros(n_items, np.int8)  # 0 full text, 1 title only, 2 no text
+        extra = np.random.default_rng([cfg.seed, 3])
+        if cfg.relation_share > 0:
+            self._links(extra)
+        if cfg.text_share < 1:
+            sparse = extra.random(n_items) >= cfg.text_share
+            self.text_kind[sparse] = np.where(extra.random(int(sparse.sum())) < 0.5, 1, 2)
+        self.past_users = np.empty(0, np.int64)  # every earlier event's user and item, in time order (links)
+        self.past_items = np.empty(0, np.int64)
+
+    def _links(self, rng: np.random.Generator) -> None:
+        """Bundles (own topic), complements (partner topic) and sequels (new items after an earlier one)."""
+        cfg, k, n = self.cfg, self.cfg.topics, len(self.item_ids)
+        partner = (np.arange(k) + 1 + rng.integers(0, max(k - 1, 1), k)) % k  # never the topic itself when k > 1
+        weight = np.sqrt(self.item_popularity)  # links favour popular items less than events do: a real tail
+        by_topic = [np.flatnonzero(self.item_topic == t) for t in range(k)]
+
+        def draw(topic: np.ndarray) -> np.ndarray:
+            out = np.empty(len(topic), np.int64)
+            for t in np.unique(topic):
+                rows, pool = np.flatnonzero(topic == t), by_topic[t]
+                if not pool.size:  # a small world may leave a topic without items
+                    pool = np.arange(n)
+                out[rows] = pool[np.searchsorted(np.cumsum(weight[pool]), rng.random(rows.size) * weight[pool].sum(),
+                                                 side="right").clip(0, len(pool) - 1)]
+            return out
+
+        for slot in range(cfg.related_per_item):
+            own = slot % 2 == 0  # bundles in even slots, complements in odd ones
+            self.related[:, slot] = draw(self.item_topic if own else partner[self.item_topic])
+        self.related[self.related == np.arange(n)[:, None]] = -1
+        words = self.topic_words[self.item_topic, rng.integers(0, 40, n)]
+        generic = self.generic_words[rng.integers(0, len(self.generic_words), n)]
+        titles = np.array([f"{a} {b}".title() for a, b in zip(words, generic)], dtype=object)
+        parts = np.ones(n, np.int64)
+        for j in np.flatnonzero((np.arange(n) >= cfg.items) & (rng.random(n) < cfg.sequel_share)):
+            earlier = by_topic[self.item_topic[j]]
+            earlier = earlier[self.item_landing[earlier] < self.item_landing[j]]
+            if not earlier.size:
+                continue
+            parent = earlier[rng.integers(0, earlier.size)]
+            titles[j], parts[j] = titles[parent], parts[parent] + 1
+            self.related[parent, 0], self.related[j, 0] = j, parent
+        self.series_title = np.array([t if p == 1 else f"{t} {p}" for t, p in zip(titles, parts)], dtype=object)
 
     # --- catalog and profile rows ------------------------------------------------------------
     def item_rows(self, items: np.ndarray, rng: np.random.Generator, updated_at: str, changed: bool = False) -> list[dict]:
@@ -170,15 +258,22 @@ class World:
             tags = [self.topic_names[t], self.topic_words[t, topic_pick[r, 0]]]
             if changed:
                 tags.append(self.topic_words[t, topic_pick[r, 13]])
-            rows.append({
+            title = " ".join(self.topic_words[t, topic_pick[r, :2]]).title() + " " + self.generic_words[generic_pick[r, 0]]
+            row = {
                 "item_id": self.item_ids[items[r]],
-                "title": " ".join(self.topic_words[t, topic_pick[r, :2]]).title() + " " + self.generic_words[generic_pick[r, 0]],
+                "title": title if self.series_title is None else self.series_title[items[r]],
                 "description": " ".join(words[2:]) + ".",
                 "tags": tags,
                 "attributes": {"year": int(self.item_year[items[r]]), "format": ("book", "film", "album")[items[r] % 3]},
                 "active": True,
                 "updated_at": updated_at,
-            })
+            }
+            kind = self.text_kind[items[r]]
+            if kind:  # sparse text: a title only, or no text at all
+                row.update(description="", tags=[], attributes={})
+                if kind == 2:
+                    row["title"] = ""
+            rows.append(row)
         return rows
 
     def profile_rows(self, users: np.ndarray, rng: np.random.Generator, updated_at: str) -> list[dict]:
@@ -213,6 +308,8 @@ class World:
                 pool = usable
             cum = np.cumsum(self.item_popularity[pool])
             item[rows] = pool[np.searchsorted(cum, rng.random(rows.size) * cum[-1], side="right").clip(0, len(pool) - 1)]
+        if cfg.relation_share > 0:
+            item = self._follow_links(d, u, item)
         event_type = np.array(EVENT_TYPES, dtype=object)[rng.choice(len(EVENT_TYPES), size=n, p=EVENT_TYPE_SHARES)]
         liked = self.user_pref[u, self.item_topic[item]] > 0.2
         rating = np.where(liked, rng.integers(4, 6, n), rng.integers(1, 4, n)).astype(np.float64)
@@ -224,6 +321,9 @@ class World:
         ts = day_start + (seconds - np.where(late, 86400, 0)).astype("timedelta64[s]")
         order = np.argsort(ts, kind="stable")
         prefix = f"ev{cfg.day(d):%Y%m%d}-"
+        if cfg.relation_share > 0:
+            self.past_users = np.concatenate([self.past_users, u[order]])
+            self.past_items = np.concatenate([self.past_items, item[order]])
         frame = pd.DataFrame({
             "event_id": [f"{prefix}{i:09d}" for i in range(n)],
             "user_id": self.user_ids[u[order]], "item_id": self.item_ids[item[order]],
@@ -232,6 +332,35 @@ class World:
             "scene": np.array(SCENES, dtype=object)[scene_idx[order]],
         })
         return frame
+
+
+    def _follow_links(self, d: int, u: np.ndarray, item: np.ndarray) -> np.ndarray:
+        """``item`` with relation_share of the events replaced by a usable link of one of the user's recent
+        items. The day runs in two halves, so the second half also follows links from the first."""
+        rng = np.random.default_rng([self.cfg.seed, 4, d])
+        item = item.copy()
+        half = len(u) // 2
+        for part in (slice(0, half), slice(half, len(u))):
+            pu, pi = self.past_users, self.past_items
+            if part.start:
+                pu, pi = np.concatenate([pu, u[:half]]), np.concatenate([pi, item[:half]])
+            follow = np.flatnonzero(rng.random(part.stop - part.start) < self.cfg.relation_share) + part.start
+            if not follow.size or not pu.size:
+                continue
+            order = np.argsort(pu, kind="stable")  # per user, oldest first
+            sorted_users = pu[order]
+            ends = np.searchsorted(sorted_users, u[follow], side="right")
+            counts = ends - np.searchsorted(sorted_users, u[follow], side="left")
+            has = counts > 0
+            follow, ends, counts = follow[has], ends[has], counts[has]
+            back = np.floor(rng.random(follow.size) * np.minimum(counts, FOLLOW_RECENT)).astype(np.int64)
+            source = pi[order[ends - 1 - back]]
+            links = self.related[source]
+            usable = (links >= 0) & (self.item_usable_from[np.maximum(links, 0)] <= d)
+            pick = np.argmax(rng.random(links.shape) * usable, axis=1)
+            ok = usable[np.arange(follow.size), pick]
+            item[follow[ok]] = links[np.arange(follow.size), pick][ok]
+        return item
 
 
 # --- broken rows ------------------------------------------------------------------------------
