@@ -7,7 +7,7 @@ Three variants over the same random user/item vectors and the same row tiles, in
 repetition so that load from other processes hits all of them alike; medians are reported:
 
 * ``bare``   - ``torch.mm`` of each tile of users against all items into a reused buffer, nothing else;
-* ``kernel`` - :func:`coldstart.score.top_k_scores`: addmm with the item bias, consumed-item masking,
+* ``kernel`` - :func:`coldstart.ranking.top_k_scores`: addmm with the item bias, consumed-item masking,
   group-max pruned exact top-k (what the score stage runs);
 * ``naive``  - addmm with the bias, the same masking, then ``torch.topk`` over all items.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coldstart.score import SCORE_TILE_USERS, TOPK_GROUP, ItemMatrix, top_k_scores
+from coldstart.ranking import SCORE_TILE_USERS, TOPK_GROUP, ItemMatrix, top_k_scores
 
 RESULTS = Path(__file__).resolve().parent / "results" / "score_speed.md"
 

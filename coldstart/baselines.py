@@ -33,9 +33,9 @@ import scipy.sparse as sp
 
 from coldstart import idmap
 from coldstart.config import Settings
-from coldstart.features import content_vectors, interactions
+from coldstart.features import content_vectors, interactions, popularity
 from coldstart.lake import Lake
-from coldstart.score import TOPK_GROUP, ItemMatrix, popular_in_scene, popularity, select_top_k, top_k_scores
+from coldstart.ranking import TOPK_GROUP, ItemMatrix, popular_in_scene, select_top_k, top_k_scores
 
 log = logging.getLogger("coldstart.baselines")
 

@@ -6,7 +6,7 @@ changed entities, not with the catalog. Encoding runs in Spark's Python workers 
 one model per worker process, on the GPU when the executor has one.
 
 Users without profile text get no row here: their content vector is pooled from the vectors of the
-items they interacted with, at training and scoring time (``coldstart.model.pool_user_content``).
+items they interacted with, at training and scoring time (``coldstart.features.pool_user_content``).
 """
 
 from __future__ import annotations

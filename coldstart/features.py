@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 
+from coldstart import idmap
 from coldstart.config import Settings
 from coldstart.lake import Lake
+from coldstart.vectors import content_dim_of, content_mapping, content_matrix, normalise_rows
 
 
 def content_vectors(lake: Lake, settings: Settings, entity_type: str) -> dict[str, np.ndarray]:
@@ -104,9 +106,24 @@ def load_history(lake: Lake, settings: Settings, run_date: dt.date) -> History:
     return History(events)
 
 
-# Days of counts behind an item's recent popularity (model.recent_popularity): at a 3-day half-life,
+POPULARITY_HALF_LIFE_DAYS = 3.0  # age (days) at which an interaction counts half in an item's recent popularity
+# Days of counts behind an item's recent popularity (recent_popularity): at a 3-day half-life,
 # a count this old weighs under 0.1 %.
 POPULARITY_DAYS = 30
+
+
+def popularity(events: pd.DataFrame, run_date: dt.date, half_life: float = POPULARITY_HALF_LIFE_DAYS) -> pd.DataFrame:
+    """(scene, item_id, score): events weighted by exp-decay of their age in days at the end of run_date."""
+    if events.empty:
+        return pd.DataFrame({"scene": pd.Series(dtype=object), "item_id": pd.Series(dtype=object),
+                             "score": pd.Series(dtype=np.float64)})
+    end = pd.Timestamp(run_date + dt.timedelta(days=1), tz="UTC")
+    age = (end - pd.to_datetime(events["event_ts"], utc=True)).dt.total_seconds() / 86400.0
+    weights = np.power(0.5, age.to_numpy() / half_life)
+    frame = pd.DataFrame({"scene": events["scene"], "item_id": events["item_id"], "w": weights})
+    summed = frame.groupby(["scene", "item_id"], observed=True)["w"].sum().reset_index()
+    return pd.DataFrame({"scene": summed["scene"].astype(object).to_numpy(),
+                         "item_id": summed["item_id"].astype(object).to_numpy(), "score": summed["w"].to_numpy()})
 
 
 def day_numbers(dates) -> np.ndarray:
@@ -148,6 +165,103 @@ def latest_items(events: pd.DataFrame, per_user: int = HISTORY_ITEMS) -> pd.Data
 
 
 def user_content(history: pd.DataFrame, items: dict[str, np.ndarray], profiles: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from coldstart.model import pool_user_content
-
+    """Content vector per user of ``history`` (user_id, item_id pairs) blended with the profiles: pool_user_content."""
     return pool_user_content(history["user_id"], history["item_id"], items, profiles)
+
+
+def pool_user_content(user_ids, item_ids, item_content, profile_content=None, weights=None,
+                      *, profile_weight: float = 2.0) -> dict[str, np.ndarray]:
+    """Content vector per user from the items they interacted with, blended with their profile.
+
+    ``h`` = L2-normalised weighted mean of the content vectors of the user's items (events whose
+    item has no vector are skipped); ``p`` = the L2-normalised profile vector. With ``n`` = the sum
+    of the user's event weights (of items with content), the result is
+    ``normalise(n/(n+k) * h + k/(n+k) * p)`` with ``k = profile_weight``: the profile counts as ``k``
+    events, so it dominates for a user with little history and fades as history grows. A user with
+    a profile only gets ``p``; a user with neither is absent from the result (callers use zeros).
+    Returns ``{user_id: float32 (dim,) unit vector}``, keys sorted.
+    """
+    user_keys, users = idmap.factorized(user_ids)
+    uniq_items, item_codes = idmap.factorized(item_ids)
+    if len(users) != len(item_codes):
+        raise ValueError("user_ids and item_ids must have the same length")
+    item_map = content_mapping(item_content)
+    prof_map = content_mapping(profile_content)
+    dim = content_dim_of(item_map, default=None if item_map or not prof_map else content_dim_of(prof_map))
+    w = np.ones(len(users), dtype=np.float64) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(w) != len(users):
+        raise ValueError("weights must have the same length as user_ids")
+
+    import scipy.sparse as sp
+
+    # history part: one sparse (user x item) weight matrix times the item content matrix, in float32
+    # and in place, so memory is one (users x dim) matrix, never an (events x dim) copy
+    hist_users = np.empty(0, dtype=object)
+    hist_means = np.zeros((0, dim), dtype=np.float32)
+    hist_totals = np.zeros(0, dtype=np.float64)
+    if len(users):
+        mat, present = content_matrix(uniq_items, item_map, dim)
+        keep = present[item_codes] & np.isfinite(w) & (w > 0)
+        if keep.any():
+            kept_users, user_codes = np.unique(users[keep], return_inverse=True)
+            hist_users = user_keys[kept_users]
+            weights_matrix = sp.csr_matrix((w[keep], (user_codes, item_codes[keep])),
+                                           shape=(len(hist_users), len(uniq_items)))
+            hist_totals = np.asarray(weights_matrix.sum(axis=1)).ravel()
+            hist_means = np.asarray(weights_matrix.astype(np.float32) @ mat)
+            hist_means /= hist_totals[:, None].astype(np.float32)
+            normalise_rows(hist_means)
+
+    # profile part: valid profiles (right size, finite, not all zero), normalised
+    prof_users = np.array(sorted(prof_map), dtype=object)
+    prof_mat = np.zeros((len(prof_users), dim), dtype=np.float32)
+    prof_ok = np.zeros(len(prof_users), dtype=bool)
+    for row, user in enumerate(prof_users):
+        vec = prof_map[user]
+        if vec is None:
+            continue
+        vec = np.asarray(vec, dtype=np.float32).reshape(-1)
+        if vec.shape[0] == dim and np.all(np.isfinite(vec)) and np.any(vec):
+            prof_mat[row], prof_ok[row] = vec, True
+    prof_users, prof_mat = prof_users[prof_ok], normalise_rows(prof_mat[prof_ok])
+
+    # blend: the profile counts as profile_weight events
+    if not len(prof_users):
+        everyone, out = hist_users, hist_means  # history only: the means are the result, no copy
+    else:
+        everyone = np.union1d(hist_users.astype(str), prof_users.astype(str)).astype(object)
+        out = np.zeros((len(everyone), dim), dtype=np.float32)
+        n = np.zeros(len(everyone))
+        has_hist = np.zeros(len(everyone), dtype=bool)
+        if len(hist_users):
+            at = np.searchsorted(everyone.astype(str), hist_users.astype(str))
+            out[at], n[at], has_hist[at] = hist_means, hist_totals, True
+        at = np.searchsorted(everyone.astype(str), prof_users.astype(str))
+        share = np.where(has_hist[at], n[at] / (n[at] + profile_weight), 0.0)[:, None].astype(np.float32)
+        out[at] = share * out[at] + (1.0 - share) * prof_mat
+        normalise_rows(out)
+    nonzero = np.linalg.norm(out, axis=1) > 0
+    if not nonzero.all():
+        everyone, out = everyone[nonzero], out[nonzero]
+    return dict(zip((str(u) for u in everyone), out))
+
+
+
+def recent_popularity(counts: pd.DataFrame, item_keys: Sequence[str], days: Sequence[int]) -> np.ndarray:
+    """(len(days), len(item_keys)) float32: ``pop`` of each item on each day, i.e. ``log1p`` of its
+    interactions on the days before, each day's count weighted ``0.5 ** ((day - 1 - count_day) / half-life)``.
+    ``counts``: columns item_id, day, count (days since 1970-01-01)."""
+    out = np.zeros((len(days), len(item_keys)), dtype=np.float32)
+    if counts is None or counts.empty or not len(days):
+        return out
+    position = {k: n for n, k in enumerate(item_keys)}
+    cols = counts["item_id"].map(position)
+    keep = cols.notna().to_numpy()
+    cols = cols[keep].to_numpy(np.int64)
+    count_days = counts["day"].to_numpy(np.int64)[keep]
+    values = counts["count"].to_numpy(np.float64)[keep]
+    for row, day in enumerate(days):
+        before = count_days < day
+        weights = np.power(0.5, (day - 1 - count_days[before]) / POPULARITY_HALF_LIFE_DAYS)
+        out[row] = np.log1p(np.bincount(cols[before], weights=values[before] * weights, minlength=len(item_keys)))
+    return out

@@ -28,6 +28,7 @@ from coldstart.config import Settings
 from coldstart.features import (POPULARITY_DAYS, coded_frame, concat_coded, content_vectors, daily_item_counts,
                                 day_numbers, interactions, latest_items, user_content, window_start)
 from coldstart.lake import Lake
+from coldstart.registry import registry_row
 
 log = logging.getLogger("coldstart.train")
 
@@ -45,11 +46,6 @@ class NoTrainingDataError(RuntimeError):
 
 def checkpoint_dir(settings: Settings, run_date: dt.date) -> Path:
     return Path(settings.models).resolve() / run_date.isoformat()
-
-
-def registry_row(lake: Lake, run_date: dt.date) -> dict | None:
-    rows = lake.read_arrow("model_registry", filters=[("run_date", "=", run_date)]).to_pylist()
-    return rows[0] if rows else None
 
 
 def load_prior(settings: Settings, run_date: dt.date):

@@ -366,7 +366,7 @@ def test_dataframe_content_and_zero_epochs(world, ckpt):
 # ---------------------------------------------------------------------------------------------
 # pooled history (item_hist) and freshness
 def test_history_bags_select_and_leave_one_out_membership():
-    from coldstart.model import _Bags
+    from coldstart.model import HistoryBags as _Bags
 
     bags = _Bags.build(np.array([0, 0, 2, 2, 2, 0, -1]), np.array([5, 3, 1, 5, 5, 3, 2]), 3)
     flat, offsets, counts = bags.select(torch.tensor([2, 0, 1]))

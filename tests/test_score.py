@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from coldstart.lake import Lake
-from coldstart.score import ItemMatrix, popular_and_fresh, score, select_top_k, serving_state, top_k_scores
+from coldstart.ranking import ItemMatrix, select_top_k, top_k_scores
+from coldstart.score import popular_and_fresh, score, serving_state
 from tests.lake_builders import topic_vector, write_embeddings, write_events, write_items, write_users
 
 D = dt.date(2024, 1, 10)

@@ -1,0 +1,91 @@
+"""User and item vectors of a checkpoint: their product plus the item bias is the model's logit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from coldstart import idmap
+from coldstart.model.checkpoint import Checkpoint
+from coldstart.model.network import HistoryBags
+from coldstart.vectors import content_mapping, content_matrix
+
+INFERENCE_BLOCK = 8192
+
+
+def user_vectors(ckpt: Checkpoint, user_ids, scenes, user_content, history: pd.DataFrame | None = None) -> np.ndarray:
+    """(n, dim) float32 user-tower outputs for (user, scene) rows.
+
+    ``history`` (optional, columns user_id and item_id): the users' recent items, pooled by the user
+    tower (items the model has no row for are skipped); without it the pooled part is zero.
+    ``scenes``: one per user, or a single string for all. An unknown user has a zero id part (content
+    only; no content = zeros); an unknown scene uses the mean of the known scene rows.
+    ``score = user_vectors(...) @ item_vectors(...)[0].T + item_vectors(...)[1]`` is the model's logit.
+    """
+    users = idmap.str_array(user_ids)
+    if isinstance(scenes, str):
+        scene_arr = np.array([scenes] * len(users), dtype=object)
+    else:
+        scene_arr = idmap.str_array(scenes)
+    if len(scene_arr) != len(users):
+        raise ValueError("scenes must be one string or one per user")
+    model = ckpt.model
+    model.eval()
+    content_dim = int(ckpt.config["content_dim"])
+    user_map = content_mapping(user_content)
+    id_dim = int(ckpt.config["id_dim"])
+    out = np.zeros((len(users), int(ckpt.config["dim"]) + id_dim), dtype=np.float32)
+    uniq_users, user_rows = np.unique(users, return_inverse=True)
+    bags = None
+    if history is not None and len(history):
+        rows = idmap.positions(idmap.id_column(history["user_id"]), {u: n for n, u in enumerate(uniq_users)})
+        bags = HistoryBags.build(rows, idmap.positions(idmap.id_column(history["item_id"]), ckpt.item_index), len(uniq_users))
+    with torch.no_grad():
+        for start in range(0, len(users), INFERENCE_BLOCK):
+            part = users[start:start + INFERENCE_BLOCK]
+            content = torch.from_numpy(content_matrix(part, user_map, content_dim)[0])
+            ui = torch.from_numpy(idmap.positions(part, ckpt.user_index))
+            si = torch.from_numpy(idmap.positions(scene_arr[start:start + INFERENCE_BLOCK], ckpt.scene_index))
+            pooled = None
+            if bags is not None:
+                sums, counts = model.history_sums(bags, torch.from_numpy(user_rows[start:start + len(part)].astype(np.int64)))
+                pooled = sums / counts.clamp(min=1.0).unsqueeze(1)
+            out[start:start + len(part), :-id_dim] = model.user_vec(ui, content, si, history=pooled).numpy()
+            if pooled is not None:
+                out[start:start + len(part), -id_dim:] = pooled.numpy()
+    return out
+
+
+def item_vectors(ckpt: Checkpoint, item_ids, item_content, fresh=None, pop=None) -> tuple[np.ndarray, np.ndarray]:
+    """((m, dim) float32 item-tower outputs, (m,) float32 biases).
+
+    An unknown item has a zero id part and zero id bias: its vector and bias come from its content
+    alone (what the model learned for id-dropped items, i.e. the content-conditioned mean bias).
+    ``fresh`` (bool per item) and ``pop`` (:func:`recent_popularity` per item), both optional, are
+    the items' state on the day the scores are for; the bias then includes the item-state term.
+    """
+    items = idmap.str_array(item_ids)
+    model = ckpt.model
+    model.eval()
+    content_dim = int(ckpt.config["content_dim"])
+    item_map = content_mapping(item_content)
+    id_dim = int(ckpt.config["id_dim"])
+    vecs = np.zeros((len(items), int(ckpt.config["dim"]) + id_dim), dtype=np.float32)
+    bias = np.zeros(len(items), dtype=np.float32)
+    with torch.no_grad():
+        for start in range(0, len(items), INFERENCE_BLOCK):
+            part = items[start:start + INFERENCE_BLOCK]
+            content = torch.from_numpy(content_matrix(part, item_map, content_dim)[0])
+            ii = torch.from_numpy(idmap.positions(part, ckpt.item_index))
+            v, b = model.item_vec(ii, content)
+            vecs[start:start + len(part), :-id_dim] = v.numpy()
+            vecs[start:start + len(part), -id_dim:] = model._lookup(model.item_target, ii, None).numpy()
+            bias[start:start + len(part)] = b.numpy()
+        if fresh is not None or pop is not None:
+            fresh = torch.as_tensor(np.zeros(len(items), bool) if fresh is None else np.asarray(fresh, dtype=bool).reshape(-1))
+            pop = torch.as_tensor(np.zeros(len(items), np.float32) if pop is None else np.asarray(pop, np.float32).reshape(-1))
+            if len(fresh) != len(items) or len(pop) != len(items):
+                raise ValueError("fresh and pop must have one value per item")
+            bias += model.state_term(fresh, pop).numpy()
+    return vecs, bias

@@ -1,0 +1,399 @@
+"""Training a checkpoint on a night's events: from scratch or warm from a prior (see docs/model.md)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from coldstart import idmap
+from coldstart.features import recent_popularity
+from coldstart.model.checkpoint import FORMAT_VERSION, Checkpoint, CheckpointError, grow, index_list, json_safe
+from coldstart.model.network import HistoryBags, InterestModel, build_model
+from coldstart.vectors import ContentLike, content_dim_of, content_mapping, content_matrix
+
+log = logging.getLogger("coldstart.model")
+
+NEGATIVES_PER_POSITIVE = 4          # weight of the negatives' mean loss relative to the positives'
+NEGATIVES_PER_BATCH = 512           # shared uniform negatives scored against every user of a batch
+VALIDATION_FRACTION = 0.05
+VALIDATION_MAX = 5000
+VALIDATION_MIN_EVENTS = 50          # fewer events than this: no split, validation metrics are None
+VALIDATION_NEGATIVES = 200
+
+
+@dataclass
+class TrainingData:
+    """One row per positive event.
+
+    ``values``: float, NaN where the event has no rating (those rows only feed the interact head).
+    ``item_content`` / ``user_content``: ``id -> vector`` (see module doc); ``item_content`` should
+    cover every item of the prior's index too (they are the negatives); missing vectors are zeros.
+    ``validation_mask`` (optional, bool, len n): the rows to hold out for the metrics (e.g. the
+    newest day's events in a warm run); default: a deterministic random 5 % (at most 5000).
+    ``history_user_ids`` / ``history_item_ids`` (optional, paired): each user's recent items, pooled
+    by the user tower; default: the (user, item) pairs of the data itself.
+    Item state (optional, all of them or none): ``event_days`` (int, days since 1970-01-01, per
+    event), ``item_first_seen`` and ``item_first_interaction`` (``item_id -> day``; an item missing
+    from the latter had no interaction yet) and ``item_day_counts`` (columns item_id, day, count:
+    interactions per item and day, covering the days before the events). Events on or before
+    ``fresh_from`` (the first day of history) carry no state; a sampled negative is only scored on
+    days its catalogue row existed.
+    """
+
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    scenes: np.ndarray
+    values: np.ndarray
+    item_content: ContentLike
+    user_content: ContentLike
+    validation_mask: np.ndarray | None = None
+    event_days: np.ndarray | None = None
+    item_first_seen: Mapping[str, int] | None = None
+    item_first_interaction: Mapping[str, int] | None = None
+    fresh_from: int | None = None
+    item_day_counts: pd.DataFrame | None = None
+    history_user_ids: np.ndarray | pd.Series | None = None  # a categorical Series is looked up per category
+    history_item_ids: np.ndarray | pd.Series | None = None
+
+    def __post_init__(self) -> None:
+        self.user_ids = idmap.str_array(self.user_ids)
+        self.item_ids = idmap.str_array(self.item_ids)
+        self.scenes = idmap.str_array(self.scenes)
+        n = len(self.user_ids)
+        if self.values is None:
+            self.values = np.full(n, np.nan, dtype=np.float32)
+        self.values = np.asarray(self.values, dtype=np.float32).reshape(-1)
+        if not (len(self.item_ids) == len(self.scenes) == len(self.values) == n):
+            raise ValueError("user_ids, item_ids, scenes and values must have the same length")
+        if self.validation_mask is not None:
+            self.validation_mask = np.asarray(self.validation_mask, dtype=bool).reshape(-1)
+            if len(self.validation_mask) != n:
+                raise ValueError("validation_mask must have the same length as user_ids")
+        if self.event_days is not None:
+            self.event_days = np.asarray(self.event_days, dtype=np.int64).reshape(-1)
+            if len(self.event_days) != n:
+                raise ValueError("event_days must have the same length as user_ids")
+            if self.item_first_seen is None or self.item_first_interaction is None or self.item_day_counts is None:
+                raise ValueError("event_days needs item_first_seen, item_first_interaction and item_day_counts")
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+def _validation_split(data: TrainingData, seed: int) -> np.ndarray:
+    n = len(data)
+    if data.validation_mask is not None:
+        return data.validation_mask.copy()
+    mask = np.zeros(n, dtype=bool)
+    if n < VALIDATION_MIN_EVENTS:
+        return mask
+    n_val = min(VALIDATION_MAX, max(1, int(round(n * VALIDATION_FRACTION))))
+    rng = np.random.default_rng(seed)
+    mask[rng.permutation(n)[:n_val]] = True
+    return mask
+
+
+def _auc(pos: torch.Tensor, neg: torch.Tensor) -> float:
+    """Mean over positives of P(pos > neg) against its row of negatives (ties count half)."""
+    greater = (pos.unsqueeze(1) > neg).float().mean(1)
+    ties = (pos.unsqueeze(1) == neg).float().mean(1)
+    return float((greater + 0.5 * ties).mean())
+
+
+@torch.no_grad()
+def _evaluate(model: InterestModel, u_idx, u_content, s_idx, i_idx, values, item_content_all,
+              gen: torch.Generator, history: torch.Tensor | None = None) -> dict[str, Any]:
+    model.eval()
+    out: dict[str, Any] = {"val_interact_auc": None, "val_interact_auc_cold_item": None,
+                           "val_interact_logloss": None, "val_rating_rmse": None,
+                           "val_rating_rmse_baseline": None, "n_val": int(len(u_idx)),
+                           "n_val_rated": int(torch.isfinite(values).sum()) if len(values) else 0}
+    n_items = item_content_all.shape[0]
+    if len(u_idx) == 0 or n_items == 0:
+        return out
+    neg = torch.randint(n_items, (min(VALIDATION_NEGATIVES, n_items),), generator=gen)
+    u = model.user_vec(u_idx, u_content, s_idx, history=history)
+    for cold in (False, True):
+        keep_pos = torch.zeros(len(i_idx), dtype=torch.bool) if cold else None
+        keep_neg = torch.zeros(len(neg), dtype=torch.bool) if cold else None
+        v, b = model.item_vec(i_idx, item_content_all[i_idx.clamp(min=0)], keep_pos)
+        vn, bn = model.item_vec(neg, item_content_all[neg], keep_neg)
+        pos = model.interact_logit(u, v, b)
+        negs = u @ vn.T + bn
+        if history is not None:  # the FISM term; a cold item has no target row
+            pos = pos + (history * model._lookup(model.item_target, i_idx, keep_pos)).sum(-1)
+            negs = negs + history @ model._lookup(model.item_target, neg, keep_neg).T
+        out["val_interact_auc_cold_item" if cold else "val_interact_auc"] = _auc(pos, negs)
+        if not cold:
+            out["val_interact_logloss"] = float(F.softplus(-pos).mean() + NEGATIVES_PER_POSITIVE * F.softplus(negs).mean())
+            rated = torch.isfinite(values)
+            if rated.any():
+                pred = model.rating(u[rated], v[rated], b[rated])
+                out["val_rating_rmse"] = float(torch.sqrt(((pred - values[rated]) ** 2).mean()))
+                out["val_rating_rmse_baseline"] = float(torch.sqrt(((model.rating_mean - values[rated]) ** 2).mean()))
+    return out
+
+
+def _config_from_settings(settings, content_dim: int) -> dict:
+    dim = int(settings.model_dim)
+    return {"format": FORMAT_VERSION, "content_dim": int(content_dim), "dim": dim, "id_dim": dim,
+            "scene_dim": max(4, dim // 4), "hidden": 2 * dim,
+            "encoder_name": str(getattr(settings, "encoder_name", ""))}
+
+
+def train(data: TrainingData, settings, prior: Checkpoint | None = None, epochs: int | None = None) -> Checkpoint:
+    """Train a checkpoint on ``data``.
+
+    ``prior`` given: warm start (grow its id tables with the data's ids, then fine-tune for
+    ``epochs`` or ``settings.train_epochs_warm`` epochs); the prior's architecture is kept. Without
+    it: from scratch for ``epochs`` or ``settings.train_epochs_full`` epochs. A prior whose content
+    dimension or encoder differs raises :class:`CheckpointError` (train cold instead).
+    The caller assembles the events (a warm run: the day's events plus a replay sample of history,
+    ``settings.train_replay_sample``). ``metrics`` of the result hold the per-head validation
+    metrics of the last epoch and the per-epoch losses; ``config`` holds mode, seed, parent checksum.
+    """
+    threads = _train_threads(settings)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _train(data, settings, prior, epochs)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _train_threads(settings) -> int:
+    """Intra-op threads for training: ``settings.train_threads`` if that setting exists (> 0), else
+    half the cores (at least 1). The batches are small: on a busy 2-core box two OpenMP threads
+    competing with Spark are ~10x slower than one."""
+    wanted = int(getattr(settings, "train_threads", 0) or 0)
+    if wanted > 0:
+        return wanted
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int | None) -> Checkpoint:
+    started = time.perf_counter()
+    seed = int(settings.seed)
+    item_map = content_mapping(data.item_content)
+    user_map = content_mapping(data.user_content)
+
+    if prior is not None:
+        content_dim = int(prior.config["content_dim"])
+        data_dim = content_dim_of(item_map, default=content_dim)
+        if data_dim != content_dim:
+            raise CheckpointError(f"prior checkpoint has content dim {content_dim}, the data has {data_dim}")
+        enc = str(getattr(settings, "encoder_name", ""))
+        if prior.config.get("encoder_name") and enc and prior.config["encoder_name"] != enc:
+            raise CheckpointError(f"prior checkpoint was trained on encoder {prior.config['encoder_name']!r}, "
+                                  f"not {enc!r}")
+        if int(prior.config["dim"]) != int(settings.model_dim):
+            log.warning("model_dim=%s differs from the prior's %s: keeping the prior's", settings.model_dim,
+                        prior.config["dim"])
+        ckpt = grow(prior, data.user_ids, data.item_ids, data.scenes)
+        mode = "warm"
+        n_epochs = int(settings.train_epochs_warm if epochs is None else epochs)
+        config = dict(ckpt.config)
+        config["parent_checksum"] = prior.checksum
+    else:
+        content_dim = content_dim_of(item_map) if item_map else content_dim_of(user_map)
+        config = _config_from_settings(settings, content_dim)
+        user_index = {k: i for i, k in enumerate(sorted(set(data.user_ids)))}
+        item_index = {k: i for i, k in enumerate(sorted(set(data.item_ids)))}
+        scene_index = {k: i for i, k in enumerate(sorted(set(data.scenes)))}
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(config, len(user_index), len(item_index), len(scene_index))
+        rated = np.isfinite(data.values)
+        with torch.no_grad():
+            model.rating_mean.fill_(float(data.values[rated].mean()) if rated.any() else 0.0)
+        ckpt = Checkpoint(model=model, user_index=user_index, item_index=item_index, scene_index=scene_index,
+                          config=config, metrics={})
+        mode = "cold"
+        n_epochs = int(settings.train_epochs_full if epochs is None else epochs)
+        config["parent_checksum"] = None
+    model = ckpt.model
+    config.update(n_users=len(ckpt.user_index), n_items=len(ckpt.item_index), n_scenes=len(ckpt.scene_index),
+                  mode=mode, epochs=n_epochs, seed=seed, batch_size=int(settings.train_batch_size),
+                  learning_rate=float(settings.train_learning_rate),
+                  id_learning_rate=float(settings.train_id_learning_rate), id_dropout=float(settings.train_id_dropout),
+                  loss_weight_interact=float(settings.loss_weight_interact),
+                  loss_weight_rating=float(settings.loss_weight_rating), n_events=len(data))
+
+    # tensors ----------------------------------------------------------------------------------
+    item_keys = index_list(ckpt.item_index)
+    item_content_all = torch.from_numpy(content_matrix(item_keys, item_map, content_dim)[0])
+    uniq_users, user_codes = np.unique(data.user_ids, return_inverse=True)
+    user_mat = torch.from_numpy(content_matrix(uniq_users, user_map, content_dim)[0])
+    u_all = torch.from_numpy(idmap.positions(uniq_users, ckpt.user_index))[torch.from_numpy(user_codes.astype(np.int64))]
+    uc_all = torch.from_numpy(user_codes.astype(np.int64))  # row of user_mat
+    i_all = torch.from_numpy(idmap.positions(data.item_ids, ckpt.item_index))
+    s_all = torch.from_numpy(idmap.positions(data.scenes, ckpt.scene_index))
+    v_all = torch.from_numpy(data.values.astype(np.float32))
+    state = _state_tensors(data, item_keys)
+    bags = _history_bags(data, uniq_users, ckpt.item_index)
+    # the event's own item is left out of its user's history mean (it is what is being predicted)
+    in_bag = torch.from_numpy(bags.contains(user_codes.astype(np.int64), i_all.numpy()))
+
+    val_mask = _validation_split(data, seed)
+    tr = torch.from_numpy(np.flatnonzero(~val_mask))
+    va = torch.from_numpy(np.flatnonzero(val_mask))
+    gen = torch.Generator().manual_seed(seed)
+    eval_gen_seed = seed + 1
+
+    sparse_tables = ("user_id.", "item_id.", "item_id_bias.", "item_hist.", "item_target.")
+    dense = [p for n, p in model.named_parameters() if not n.startswith(sparse_tables)]
+    sparse = [model.user_id.weight, model.item_id.weight, model.item_id_bias.weight, model.item_hist.weight,
+              model.item_target.weight]
+    # the id tables take larger steps: a row only moves in the batches that hold its id
+    opt_dense = torch.optim.Adam(dense, lr=float(settings.train_learning_rate))
+    opt_sparse = torch.optim.SparseAdam(sparse, lr=float(settings.train_id_learning_rate))
+    p_drop = float(settings.train_id_dropout)
+    w_i, w_r = float(settings.loss_weight_interact), float(settings.loss_weight_rating)
+    batch = int(settings.train_batch_size)
+    n_items = item_content_all.shape[0]
+    n_neg = min(NEGATIVES_PER_BATCH, n_items)
+
+    history: list[dict[str, float]] = []
+    for epoch in range(n_epochs):
+        t0 = time.perf_counter()
+        model.train()
+        order = tr[torch.randperm(len(tr), generator=gen)]
+        sums = {"loss": 0.0, "interact": 0.0, "rating": 0.0}
+        n_batches = 0
+        for start in range(0, len(order), batch):
+            rows = order[start:start + batch]
+            b = len(rows)
+            ui, si, ii, vals = u_all[rows], s_all[rows], i_all[rows], v_all[rows]
+            uc = user_mat[uc_all[rows]]
+            neg = torch.randint(n_items, (n_neg,), generator=gen)
+            keep_u = torch.rand(b, generator=gen) >= p_drop
+            keep_i = torch.rand(b + n_neg, generator=gen) >= p_drop
+            keep_h = torch.rand(b, generator=gen) >= p_drop
+            items = torch.cat([ii, neg])
+            hist = _leave_one_out(model, bags, uc_all[rows], ii, in_bag[rows]) * keep_h.unsqueeze(1)
+            u = model.user_vec(ui, uc, si, keep_u, hist)
+            v, bias = model.item_vec(items, item_content_all[items], keep_i)
+            v_pos, b_pos, v_neg, b_neg = v[:b], bias[:b], v[b:], bias[b:]
+            target = model._lookup(model.item_target, items, keep_i)
+            pos_logit = model.interact_logit(u, v_pos, b_pos) + (hist * target[:b]).sum(-1)
+            neg_logit = u @ v_neg.T + b_neg + hist @ target[b:].T
+            if state is None:
+                neg_loss = F.softplus(neg_logit).mean()
+            else:
+                pos_state, neg_state, neg_live = state.batch(rows, ii, neg)
+                pos_logit = pos_logit + model.state_term(*pos_state)
+                neg_logit = neg_logit + model.state_term(*neg_state)
+                # a negative whose catalogue row did not exist yet on the event's day was no candidate then
+                neg_loss = (F.softplus(neg_logit) * neg_live).sum() / neg_live.sum().clamp(min=1.0)
+            loss_i = F.softplus(-pos_logit).mean() + NEGATIVES_PER_POSITIVE * neg_loss
+            rated = torch.isfinite(vals)
+            if rated.any():
+                pred = model.rating(u[rated], v_pos[rated], b_pos[rated])
+                loss_r = F.mse_loss(pred, vals[rated])
+            else:
+                loss_r = torch.zeros(())
+            loss = w_i * loss_i + w_r * loss_r
+            opt_dense.zero_grad(set_to_none=True)
+            opt_sparse.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_dense.step()
+            opt_sparse.step()
+            sums["loss"] += float(loss.detach())
+            sums["interact"] += float(loss_i.detach())
+            sums["rating"] += float(loss_r.detach())
+            n_batches += 1
+        epoch_stats = {k: v / max(n_batches, 1) for k, v in sums.items()}
+        history.append(epoch_stats)
+        log.info("%s epoch %d/%d: loss %.4f (interact %.4f, rating %.4f) on %d events, %.1fs", mode, epoch + 1,
+                 n_epochs, epoch_stats["loss"], epoch_stats["interact"], epoch_stats["rating"], len(tr),
+                 time.perf_counter() - t0)
+
+    with torch.no_grad():
+        val_hist = _leave_one_out(model, bags, uc_all[va], i_all[va], in_bag[va])
+    val = _evaluate(model, u_all[va], user_mat[uc_all[va]], s_all[va], i_all[va], v_all[va], item_content_all,
+                    torch.Generator().manual_seed(eval_gen_seed), val_hist)
+    model.eval()
+    metrics = {"mode": mode, "epochs": n_epochs, "n_train": int(len(tr)), **val,
+               "train_loss": [round(h["loss"], 6) for h in history],
+               "train_loss_interact": [round(h["interact"], 6) for h in history],
+               "train_loss_rating": [round(h["rating"], 6) for h in history]}
+    log.info("%s training done in %.1fs: val interact AUC %s (cold item %s), rating RMSE %s (baseline %s)", mode,
+             time.perf_counter() - started, _fmt(val["val_interact_auc"]), _fmt(val["val_interact_auc_cold_item"]),
+             _fmt(val["val_rating_rmse"]), _fmt(val["val_rating_rmse_baseline"]))
+    return Checkpoint(model=model, user_index=ckpt.user_index, item_index=ckpt.item_index,
+                      scene_index=ckpt.scene_index, config=config, metrics=json_safe(metrics))
+
+
+def _history_bags(data: TrainingData, uniq_users: np.ndarray, item_index: Mapping[str, int]) -> HistoryBags:
+    if data.history_user_ids is None:
+        h_users, h_items = data.user_ids, data.item_ids
+    else:
+        h_users, h_items = idmap.id_column(data.history_user_ids), idmap.id_column(data.history_item_ids)
+    # -1: a user with no event in the data
+    rows = idmap.positions(h_users, {user: n for n, user in enumerate(uniq_users)})
+    return HistoryBags.build(rows, idmap.positions(h_items, item_index), len(uniq_users))
+
+
+def _leave_one_out(model: InterestModel, bags: HistoryBags, rows: torch.Tensor, items: torch.Tensor,
+                   in_bag: torch.Tensor) -> torch.Tensor:
+    """Mean item_hist row over each row's bag without ``items`` (where it is in the bag)."""
+    sums, counts = model.history_sums(bags, rows)
+    drop = in_bag.float()
+    own = F.embedding(items.clamp(min=0), model.item_hist.weight, sparse=True) * drop.unsqueeze(1)
+    return (sums - own) / (counts - drop).clamp(min=1.0).unsqueeze(1)
+
+
+@dataclass
+class _ItemState:
+    """Day numbers and popularity behind the item-state term, per training event and per item of the index."""
+    day: torch.Tensor                # (n_events,) event day
+    eligible: torch.Tensor           # (n_events,) bool: after the first day of history
+    first_seen: torch.Tensor         # (n_items,) catalogue day (NEVER when unknown: never a candidate)
+    first_interaction: torch.Tensor  # (n_items,) NEVER when none yet
+    pop: torch.Tensor                # (n_distinct_days, n_items) recent_popularity on each event day
+    day_row: torch.Tensor            # (n_events,) row of ``pop`` for the event's day
+
+    def batch(self, rows: torch.Tensor, pos_items: torch.Tensor, neg_items: torch.Tensor):
+        """((fresh, pop) of the positives (b,), (fresh, pop) of the negatives (b, n_neg), negative live (b, n_neg))."""
+        day, eligible, pop_rows = self.day[rows], self.eligible[rows], self.day_row[rows]
+        on = eligible.float()
+        pos_fresh = eligible & (self.first_interaction[pos_items] >= day)
+        pos_pop = self.pop[pop_rows, pos_items] * on
+        live = self.first_seen[neg_items].unsqueeze(0) <= day.unsqueeze(1)
+        neg_fresh = eligible.unsqueeze(1) & live & (self.first_interaction[neg_items].unsqueeze(0) >= day.unsqueeze(1))
+        neg_pop = self.pop[pop_rows.unsqueeze(1), neg_items.unsqueeze(0)] * on.unsqueeze(1)
+        return (pos_fresh.float(), pos_pop), (neg_fresh.float(), neg_pop), live.float()
+
+
+_NEVER = np.iinfo(np.int64).max
+
+
+def _state_tensors(data: TrainingData, item_keys: list[str]) -> _ItemState | None:
+    if data.event_days is None:
+        return None
+    first_seen = data.item_first_seen or {}
+    first_interaction = data.item_first_interaction or {}
+    seen = np.array([first_seen.get(k, _NEVER) for k in item_keys], dtype=np.int64)
+    # an item with events in the data has interacted by its earliest event day at the latest
+    earliest = pd.Series(data.event_days).groupby(data.item_ids).min().to_dict()
+    first = np.array([min(first_interaction.get(k, _NEVER), earliest.get(k, _NEVER)) for k in item_keys], dtype=np.int64)
+    seen = np.minimum(seen, first)  # an interaction proves the item was in the catalogue
+    days = torch.from_numpy(data.event_days)
+    eligible = torch.ones_like(days, dtype=torch.bool) if data.fresh_from is None else days > int(data.fresh_from)
+    distinct, day_row = np.unique(data.event_days, return_inverse=True)
+    pop = recent_popularity(data.item_day_counts, item_keys, distinct)
+    return _ItemState(day=days, eligible=eligible, first_seen=torch.from_numpy(seen),
+                      first_interaction=torch.from_numpy(first), pop=torch.from_numpy(pop),
+                      day_row=torch.from_numpy(day_row.astype(np.int64)))
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
