@@ -1,30 +1,41 @@
 """Delta I/O through delta-rs (``deltalake``): every write is one atomic Delta commit.
 
 Small writes go straight through ``write_deltalake`` / ``merge``. Large Spark outputs are never
-collected into the driver: executors write Parquet files into the table's folder, the driver reads
-only their footers (for min/max/null-count stats) and commits them in one transaction through add
-actions. A crash before that commit leaves the table as it was; ``vacuum`` removes the orphans.
+collected into the driver: executors write Parquet files into the table's folder, the driver gets
+back only one small row per file (path, size, row count, min/max/null-count stats) and commits them
+in one transaction through add actions. A crash before that commit leaves the table as it was;
+``vacuum`` removes the orphans.
+
+The lake root is any location :mod:`coldstart.storage` resolves. On local disk (or a mount every
+worker shares) Spark's own Parquet reader and writer do the file I/O; on an object store (``s3://``)
+the executors' Python workers read and write the Parquet files through ``pyarrow.fs`` (Spark ships
+no S3 connector), and delta-rs commits with S3 conditional writes (``PUT If-None-Match: *`` on the
+next log entry): two writers racing for one version get one success and one retry against the new
+version (rebased if it does not conflict, a ``CommitFailedError`` naming the conflict if it does),
+so a commit is never lost or overwritten. No lock table or ``AWS_S3_ALLOW_UNSAFE_RENAME`` is used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
 import os
-import shutil
 import uuid
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute in the executors' helpers)
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 from deltalake.transaction import AddAction
 
+from coldstart import storage
 from coldstart.catalog import Table, table as catalog_table
 from coldstart.config import Settings
 
@@ -36,11 +47,11 @@ class SchemaMismatchError(ValueError):
 
 
 def _is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
+    return not storage.is_remote(uri)
 
 
 def _local_path(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
+    return storage.local_path(uri)
 
 
 def _partition_text(value) -> str:
@@ -51,10 +62,11 @@ def _partition_text(value) -> str:
 
 class Lake:
     def __init__(self, root: str, storage_options: Mapping[str, str] | None = None):
-        self.root = root.rstrip("/")
-        if _is_local(self.root):
-            self.root = os.path.abspath(_local_path(self.root))
-        self.storage_options = dict(storage_options) if storage_options else None
+        """A lake rooted at a local path or an ``s3://``/``s3a://`` URI; delta-rs's storage options default
+        to those :func:`coldstart.storage.storage_options` derives from the AWS environment."""
+        self.root = storage.normalize(root)
+        options = storage_options if storage_options is not None else storage.storage_options(self.root)
+        self.storage_options = dict(options) if options else None
         self._docs_synced: set[str] = set()
 
     @classmethod
@@ -107,32 +119,7 @@ class Lake:
     # --- schema -------------------------------------------------------------------------------
     def conform(self, name: str, data: pa.Table | pa.RecordBatch) -> pa.Table:
         """Cast data to the catalog schema; any mismatch raises SchemaMismatchError naming the column."""
-        spec = catalog_table(name)
-        if isinstance(data, pa.RecordBatch):
-            data = pa.Table.from_batches([data])
-        have = set(data.column_names)
-        missing = [c for c in spec.columns if c not in have]
-        extra = [c for c in data.column_names if c not in spec.columns]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"missing column(s) {', '.join(missing)}")
-            if extra:
-                parts.append(f"unknown column(s) {', '.join(extra)}")
-            raise SchemaMismatchError(f"table {name}: {'; '.join(parts)}")
-        arrays = []
-        for field in spec.schema:
-            column = data.column(field.name)
-            if not column.type.equals(field.type):
-                try:
-                    column = column.cast(field.type, safe=True)
-                except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-                    raise SchemaMismatchError(
-                        f"table {name}: column {field.name} has type {column.type}, expected {field.type} ({exc})") from None
-            if not field.nullable and column.null_count:
-                raise SchemaMismatchError(f"table {name}: column {field.name} has {column.null_count} null(s) but is required")
-            arrays.append(column)
-        return pa.Table.from_arrays(arrays, schema=spec.schema)
+        return conform_arrow(name, data)
 
     # --- small (driver-side) writes -----------------------------------------------------------
     def replace_partition(self, name: str, data: pa.Table, **partition) -> int:
@@ -252,6 +239,8 @@ class Lake:
         if not actions:
             return spark.createDataFrame([], spark_schema)
         base = self.uri(name)
+        if not _is_local(self.root):
+            return _read_spark_remote(spark, spec, spark_schema, base, actions)
         files = [f"{base}/{_unquote(a['path'])}" for a in actions]
         data_fields = [f for f in spark_schema.fields if f.name not in spec.partition_by]
         from pyspark.sql.types import StructType
@@ -273,22 +262,47 @@ class Lake:
         """Executors write Parquet into the table folder; the driver commits one Delta transaction.
 
         mode: ``append`` or ``replace_partition`` (with ``partition={'run_date': D}``) or ``overwrite``.
-        Returns the number of rows committed (from the Parquet footers, not a Spark count)."""
-        if not _is_local(self.root):
-            # Object stores: executors cannot hand files to delta-rs here; stage through Arrow batches.
-            return self._write_spark_via_arrow(df, name, mode, partition)
+        Returns the number of rows committed by this write, summed from the Parquet footers of the files it
+        wrote (never a Spark count, never the table's size). Only one small row per file reaches the
+        driver, on local disk and on an object store alike."""
         spec = catalog_table(name)
         df = conform_spark(df, spec)
         dt_ = self.writable(name)
+        if mode not in ("append", "replace_partition", "overwrite"):
+            raise ValueError(f"unknown write mode {mode!r}")
         if mode == "replace_partition":
             self._check_partition_spec(spec, partition or {})
         if txn_id and dt_.transaction_version(f"coldstart:{name}:{txn_id}") is not None:
             log.info("%s: append %s already committed, skipped", name, txn_id)
             return 0
-        batch = f"batch-{uuid.uuid4().hex}"
-        table_dir = Path(_local_path(self.uri(name)))
+        fixed = {c: _partition_text(v) for c, v in partition.items()} if mode == "replace_partition" else None
+        if _is_local(self.root):
+            actions, rows = self._spark_files_local(df, spec, self.uri(name), fixed)
+        else:
+            actions, rows = _spark_files_remote(df, spec, self.uri(name), fixed)
+        commit = CommitProperties(app_transactions=[Transaction(f"coldstart:{name}:{txn_id}", 1)]) if txn_id else None
         if mode == "replace_partition":
-            part_dir = "/".join(f"{c}={_partition_text(v)}" for c, v in partition.items())
+            filters = [(c, "=", v) for c, v in fixed.items()]
+            dt_.create_write_transaction(actions, "overwrite", spec.schema, list(spec.partition_by), filters,
+                                         commit_properties=commit)
+        elif mode == "overwrite":
+            dt_.create_write_transaction(actions, "overwrite", spec.schema, list(spec.partition_by) or None,
+                                         commit_properties=commit)
+        else:
+            if not actions:
+                return 0
+            dt_.create_write_transaction(actions, "append", spec.schema, list(spec.partition_by) or None,
+                                         commit_properties=commit)
+        log.info("%s: committed %d rows in %d files (%s)", name, rows, len(actions), mode)
+        return rows
+
+    @staticmethod
+    def _spark_files_local(df, spec: Table, table_uri: str, fixed: Mapping[str, str] | None) -> tuple[list, int]:
+        """Spark's own Parquet writer into a new batch folder of the table; add actions from the footers."""
+        batch = f"batch-{uuid.uuid4().hex}"
+        table_dir = Path(_local_path(table_uri))
+        if fixed is not None:
+            part_dir = "/".join(f"{c}={v}" for c, v in fixed.items())
             out_dir = table_dir / part_dir / batch
             df.drop(*spec.partition_by).write.mode("error").parquet(str(out_dir))
         elif spec.partition_by:
@@ -300,9 +314,7 @@ class Lake:
         actions, rows = [], 0
         for path in sorted(out_dir.rglob("*.parquet")):
             rel = path.relative_to(table_dir).as_posix()
-            values = _partition_values_from_path(rel, spec.partition_by)
-            if mode == "replace_partition":
-                values = {c: _partition_text(v) for c, v in partition.items()}
+            values = dict(fixed) if fixed is not None else _partition_values_from_path(rel, spec.partition_by)
             meta = pq.read_metadata(path)
             if meta.num_rows == 0:
                 path.unlink()
@@ -314,51 +326,30 @@ class Lake:
             marker.unlink()
         for crc in out_dir.rglob(".*.crc"):
             crc.unlink()
-        commit = CommitProperties(app_transactions=[Transaction(f"coldstart:{name}:{txn_id}", 1)]) if txn_id else None
-        if mode == "replace_partition":
-            filters = [(c, "=", _partition_text(v)) for c, v in partition.items()]
-            dt_.create_write_transaction(actions, "overwrite", spec.schema, list(spec.partition_by), filters,
-                                         commit_properties=commit)
-        elif mode == "overwrite":
-            dt_.create_write_transaction(actions, "overwrite", spec.schema, list(spec.partition_by) or None,
-                                         commit_properties=commit)
-        elif mode == "append":
-            if not actions:
-                return 0
-            dt_.create_write_transaction(actions, "append", spec.schema, list(spec.partition_by) or None,
-                                         commit_properties=commit)
-        else:
-            raise ValueError(f"unknown write mode {mode!r}")
-        log.info("%s: committed %d rows in %d files (%s)", name, rows, len(actions), mode)
-        return rows
-
-    def _write_spark_via_arrow(self, df, name, mode, partition) -> int:
-        spec = catalog_table(name)
-        df = conform_spark(df, spec)
-        batches = (self.conform(name, pa.Table.from_batches([b])).to_batches() for b in df.toArrow().to_batches())
-        reader = pa.RecordBatchReader.from_batches(spec.schema, (b for bs in batches for b in bs))
-        self.writable(name)
-        kwargs = {}
-        if mode == "replace_partition":
-            kwargs["predicate"] = _partition_predicate(partition)
-        write_deltalake(self.uri(name), reader, mode="overwrite" if mode != "append" else "append",
-                        partition_by=list(spec.partition_by) or None, storage_options=self.storage_options, **kwargs)
-        return self.table(name).count()
+        return actions, rows
 
     def merge_spark(self, df, name: str, preserve: Iterable[str] = (), combine: Mapping[str, str] | None = None) -> dict:
-        """Merge a Spark DataFrame by key: executors stage Parquet, the driver streams it into one merge."""
+        """Merge a Spark DataFrame by key: executors stage Parquet under the lake's own ``_staging/`` (same
+        store as the tables), the driver streams the staged files into one merge and deletes them."""
         spec = catalog_table(name)
         df = conform_spark(df, spec)
-        staging = Path(_local_path(self.root)) / "_staging" / f"{name}-{uuid.uuid4().hex}"
+        staging = storage.join(self.root, "_staging", f"{name}-{uuid.uuid4().hex}")
         try:
-            df.write.mode("error").parquet(str(staging))
-            files = sorted(str(p) for p in staging.rglob("*.parquet"))
+            if _is_local(self.root):
+                df.write.mode("error").parquet(staging)
+                files = [f for f in storage.walk_files(staging) if f.endswith(".parquet")]
+            else:
+                flat = dataclasses.replace(spec, partition_by=())
+                actions, _ = _spark_files_remote(df, flat, staging, None)
+                files = [storage.join(staging, a.path) for a in actions]
             if not files:
                 return {"num_target_rows_inserted": 0, "num_target_rows_updated": 0}
-            data = pads.dataset(files, format="parquet", schema=spec.schema).to_table()
+            fs, _ = storage.filesystem(staging)
+            data = pads.dataset([storage.filesystem(f)[1] for f in files], format="parquet", schema=spec.schema,
+                                filesystem=fs).to_table()
             return self.merge(name, data, preserve=preserve, combine=combine)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            storage.delete(staging)
 
     # --- maintenance ---------------------------------------------------------------------------
     def vacuum(self, name: str, retention_hours: int = 0) -> list[str]:
@@ -374,6 +365,160 @@ class Lake:
     def _check_partition_spec(self, spec: Table, partition: Mapping) -> None:
         if tuple(partition) != spec.partition_by:
             raise SchemaMismatchError(f"table {spec.name} is partitioned by {spec.partition_by}, got {tuple(partition)}")
+
+
+def conform_arrow(name: str, data: pa.Table | pa.RecordBatch) -> pa.Table:
+    """Cast data to table ``name``'s catalog schema; any mismatch raises SchemaMismatchError naming the column."""
+    return _conform_to(catalog_table(name), data)
+
+
+def _conform_to(spec: Table, data: pa.Table | pa.RecordBatch) -> pa.Table:
+    name = spec.name
+    if isinstance(data, pa.RecordBatch):
+        data = pa.Table.from_batches([data])
+    have = set(data.column_names)
+    missing = [c for c in spec.columns if c not in have]
+    extra = [c for c in data.column_names if c not in spec.columns]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing column(s) {', '.join(missing)}")
+        if extra:
+            parts.append(f"unknown column(s) {', '.join(extra)}")
+        raise SchemaMismatchError(f"table {name}: {'; '.join(parts)}")
+    arrays = []
+    for field in spec.schema:
+        column = data.column(field.name)
+        if not column.type.equals(field.type):
+            try:
+                column = column.cast(field.type, safe=True)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+                raise SchemaMismatchError(
+                    f"table {name}: column {field.name} has type {column.type}, expected {field.type} ({exc})") from None
+        if not field.nullable and column.null_count:
+            raise SchemaMismatchError(f"table {name}: column {field.name} has {column.null_count} null(s) but is required")
+        arrays.append(column)
+    return pa.Table.from_arrays(arrays, schema=spec.schema)
+
+
+# --- object-store Spark I/O (executors' Python workers through coldstart.storage) -----------------
+_FILE_ROW = "path string, size long, partition string, num_rows long, stats string"
+
+
+def _spark_files_remote(df, spec: Table, table_uri: str, fixed: Mapping[str, str] | None) -> tuple[list, int]:
+    """Each task writes its rows as Parquet files under ``table_uri`` (one file per partition value it
+    holds) and returns one row per file; the driver collects only those rows and builds add actions."""
+    batch = f"batch-{uuid.uuid4().hex}"
+    part_cols = tuple(spec.partition_by)
+    file_schema = pa.schema([f for f in spec.schema if f.name not in part_cols])
+    env = storage.worker_env()
+
+    def write(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from pyspark import TaskContext
+
+        from coldstart import storage as st
+
+        st.adopt(env)
+        ctx = TaskContext.get()
+        task = f"{ctx.partitionId():05d}-{ctx.attemptNumber()}" if ctx else "0"
+        open_files: dict[str, tuple] = {}
+        try:
+            for raw in batches:
+                data = _conform_to(spec, raw)
+                if not data.num_rows:
+                    continue
+                for values, part in _split_partitions(data, part_cols, fixed):
+                    key = json.dumps(values, sort_keys=True)
+                    if key not in open_files:
+                        prefix = "/".join(f"{c}={values[c]}" for c in part_cols)
+                        rel = "/".join(p for p in (prefix, batch, f"part-{task}-{uuid.uuid4().hex[:12]}.parquet") if p)
+                        sink = st.open_output(st.join(table_uri, rel))
+                        open_files[key] = (rel, sink, pq.ParquetWriter(sink, file_schema), values)
+                    open_files[key][2].write_table(part.select(file_schema.names).cast(file_schema))
+            out = []
+            for rel, sink, writer, values in open_files.values():
+                writer.close()
+                size = sink.tell()
+                sink.close()
+                meta = writer.writer.metadata  # the footer just written (pyarrow keeps it after close)
+                out.append({"path": rel, "size": size, "partition": json.dumps(values), "num_rows": meta.num_rows,
+                            "stats": _stats_json(meta)})
+            open_files.clear()
+            if out:
+                yield pa.RecordBatch.from_pylist(out, schema=pa.schema([
+                    ("path", pa.string()), ("size", pa.int64()), ("partition", pa.string()),
+                    ("num_rows", pa.int64()), ("stats", pa.string())]))
+        finally:
+            for _, sink, writer, _ in open_files.values():  # a failed task: its files are never committed
+                try:
+                    writer.close()
+                    sink.close()
+                except Exception:
+                    pass
+
+    now = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+    actions, rows = [], 0
+    for r in df.mapInArrow(write, _FILE_ROW).collect():
+        if not r["num_rows"]:
+            continue
+        rows += r["num_rows"]
+        actions.append(AddAction(r["path"], r["size"], json.loads(r["partition"]), now, True, r["stats"]))
+    return sorted(actions, key=lambda a: a.path), rows
+
+
+def _split_partitions(data: pa.Table, part_cols: tuple[str, ...], fixed: Mapping[str, str] | None):
+    """(partition values as Delta text, rows) pairs of a batch; a fixed partition is the whole batch."""
+    if fixed is not None:
+        yield dict(fixed), data
+        return
+    if not part_cols:
+        yield {}, data
+        return
+    keys = data.select(list(part_cols)).group_by(list(part_cols)).aggregate([])
+    for row in keys.to_pylist():
+        mask = None
+        for c in part_cols:
+            term = pa.compute.is_null(data.column(c)) if row[c] is None else pa.compute.equal(data.column(c), row[c])
+            mask = term if mask is None else pa.compute.and_(mask, term)
+        yield {c: None if row[c] is None else _partition_text(row[c]) for c in part_cols}, data.filter(mask)
+
+
+def _read_spark_remote(spark, spec: Table, spark_schema, base: str, actions: list[dict]):
+    """A DataFrame over the table's active files, read by the executors through coldstart.storage; partition
+    values come from the Delta log, one task per file."""
+    part_cols = tuple(spec.partition_by)
+    files = [(f"{base}/{_unquote(a['path'])}", json.dumps({c: None if a.get(f"partition.{c}") is None else _partition_text(a.get(f"partition.{c}"))
+                                                         for c in part_cols}))
+             for a in actions]
+
+    env = storage.worker_env()
+
+    def read(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from coldstart import storage as st
+
+        st.adopt(env)
+        file_columns = [f.name for f in spec.schema if f.name not in part_cols]
+        for b in batches:
+            for uri, values in zip(b.column("uri").to_pylist(), b.column("values").to_pylist()):
+                values = json.loads(values)
+                with st.open_input(uri) as fh:
+                    for piece in pq.ParquetFile(fh).iter_batches(batch_size=10_000, columns=file_columns):
+                        table = pa.Table.from_batches([piece])
+                        for c in part_cols:
+                            table = table.append_column(c, pa.array([values[c]] * table.num_rows, pa.string()))
+                        yield from _conform_to(spec, _typed_partitions(table, spec)).to_batches()
+
+    listing = spark.createDataFrame(files, "uri string, values string").repartition(max(1, len(files)))
+    return listing.mapInArrow(read, spark_schema)
+
+
+def _typed_partitions(table: pa.Table, spec: Table) -> pa.Table:
+    """Partition columns come from the log as text: cast them to their catalog types (dates parse from ISO)."""
+    for c in spec.partition_by:
+        target = spec.schema.field(c).type
+        i = table.schema.get_field_index(c)
+        table = table.set_column(i, c, table.column(c).cast(target))
+    return table
 
 
 # --- helpers ------------------------------------------------------------------------------------

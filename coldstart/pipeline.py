@@ -21,11 +21,30 @@ def needs_spark(stage: str) -> bool:
     return stage in SPARK_STAGES
 
 
+LOCATIONS = ("landing", "lake", "models", "reports")
+
+
+def check_storage(settings: Settings) -> None:
+    """Fail fast when a location's store cannot be used (unreachable endpoint, rejected credentials, missing
+    bucket): one :class:`coldstart.storage.StorageError` naming the setting and its URI, raised before any
+    stage reads or writes, so a failed night leaves every table as it was and Airflow's retry starts clean."""
+    from coldstart import storage
+
+    checked = set()
+    for name in LOCATIONS:
+        uri = getattr(settings, name)
+        if storage.is_remote(uri) and (storage.bucket_of(uri), name) not in checked:
+            storage.check(uri, f"COLDSTART_{name.upper()}")
+            checked.add((storage.bucket_of(uri), name))
+
+
 def run_stage(stage: str, settings: Settings, run_date: dt.date, spark=None, full_retrain: bool = False,
               top_k: int | None = None) -> dict:
-    """Run one stage for one run date (idempotent for that date)."""
+    """Run one stage for one run date (idempotent for that date). Every object-store location is checked
+    first (:func:`check_storage`)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
+    check_storage(settings)
     if spark is None and needs_spark(stage):
         from coldstart.spark import get_session
         spark = get_session(settings, app_name=f"coldstart-{stage}")

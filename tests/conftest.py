@@ -126,3 +126,146 @@ def airflow_night(airflow_db, session_dir):
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     return settings, plan, runs
+
+
+# --- a real S3 endpoint and a real standalone Spark cluster -------------------------------------------
+S3_BUCKET = "coldstart"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+_MOTO = """
+import signal, sys, threading
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=int(sys.argv[1]), verbose=False)
+server.start()
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda *_: stop.set())
+stop.wait()
+server.stop()
+"""
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(session_dir):
+    """A moto S3 server (``ThreadedMotoServer``, a real HTTP S3 API) on 127.0.0.1 at a free port, with bucket
+    ``coldstart``, stopped at the end of the session.
+
+    It runs in a child process: delta-rs holds the GIL through some blocking calls, which would stall a
+    server thread in this process. The standard AWS variables point at it for the rest of the session
+    (restored at the end); tests that use local paths never read them."""
+    port = free_port()
+    log_file = open(session_dir / "moto.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-c", _MOTO, str(port)], stdout=log_file, stderr=subprocess.STDOUT)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "coldstart-test", "AWS_SECRET_ACCESS_KEY": "coldstart-test",
+           "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    try:
+        _wait_for(lambda: _http_ok(f"{endpoint}/moto-api/data.json"), 60, "the moto S3 server")
+        os.environ.update(env)
+        import pyarrow.fs as pafs
+
+        pafs.S3FileSystem(access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"], region="us-east-1",
+                          endpoint_override=f"127.0.0.1:{port}", scheme="http",
+                          allow_bucket_creation=True).create_dir(S3_BUCKET)
+        yield endpoint
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log_file.close()
+
+
+def moto_enforce_auth(endpoint: str, on: bool) -> None:
+    """Make the moto server check credentials (every request signed by an unknown key gets 403) or stop."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{endpoint}/moto-api/reset-auth", data=b"0" if on else b"inf", method="POST",
+                                     headers={"Content-Type": "text/plain"})  # a form body would be parsed away
+    urllib.request.urlopen(request, timeout=10).close()
+
+
+def _http_ok(url: str) -> bool:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(url, timeout=2).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(session_dir):
+    """A standalone Spark master and two workers (1 core, 1 GiB each) on 127.0.0.1, started with the venv's
+    ``spark-class`` and stopped at the end of the session. Yields the master URL."""
+    import pyspark
+
+    spark_home = os.path.dirname(pyspark.__file__)
+    spark_class = str(Path(sys.executable).parent / "spark-class")
+    env = {**os.environ, "SPARK_HOME": spark_home, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(session_dir / "spark-logs"),
+           "SPARK_WORKER_DIR": str(session_dir / "spark-work")}
+    master_port, master_ui = free_port(), free_port()
+    url = f"spark://127.0.0.1:{master_port}"
+    logs = session_dir / "spark-cluster"
+    logs.mkdir(exist_ok=True)
+    procs = []
+
+    def start(name: str, *args: str) -> subprocess.Popen:
+        out = open(logs / f"{name}.log", "wb")
+        proc = subprocess.Popen([spark_class, *args], env=env, stdout=out, stderr=subprocess.STDOUT)
+        procs.append((proc, out))
+        return proc
+
+    try:
+        start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(master_port),
+              "--webui-port", str(master_ui))
+        _wait_for(lambda: _http_json(f"http://127.0.0.1:{master_ui}/json/") is not None, 60, "the Spark master")
+        for i in (1, 2):
+            start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "1",
+                  "--memory", "1g", "--webui-port", str(free_port()), "--work-dir", str(session_dir / f"spark-work{i}"), url)
+        _wait_for(lambda: len([w for w in (_http_json(f"http://127.0.0.1:{master_ui}/json/") or {}).get("workers", [])
+                               if w.get("state") == "ALIVE"]) == 2, 90, "two Spark workers")
+        yield url
+    finally:
+        for proc, out in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            out.close()
+
+
+def _http_json(url: str):
+    import json
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return json.loads(response.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _wait_for(ready, timeout: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if ready():
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
