@@ -1,4 +1,5 @@
-# coldstart: `make demo` runs the nightly DAG through Airflow on the bundled sample; `make test` runs the tests.
+# coldstart: `make demo` runs the nightly DAG through Airflow on the bundled sample; `make test` runs ruff and
+# mypy, then the tests.
 # Both create or refresh .venv from the pinned files first.
 
 SHELL := /bin/bash
@@ -13,7 +14,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 export PYSPARK_PYTHON := $(CURDIR)/$(PY)
 export PYSPARK_DRIVER_PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: venv demo test clean check-java
+.PHONY: venv demo lint test clean check-java
 
 check-java:
 	@command -v java >/dev/null 2>&1 || { echo "error: Java not found. Spark needs Java 17: install it (e.g. apt-get install openjdk-17-jre-headless) or put it on PATH." >&2; exit 1; }
@@ -33,7 +34,12 @@ venv: $(STAMP)
 demo: check-java venv
 	bash scripts/demo.sh
 
-test: check-java venv
+# Lint and types first (settings in pyproject.toml): a failure stops before the slow tests.
+lint: venv
+	$(PY) -m ruff check coldstart jobs dags
+	$(PY) -m mypy
+
+test: check-java venv lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -158,7 +158,9 @@ def item_knn_lists(data: FitData, users: list[str], consumed: dict[str, set], k:
         col_idx = np.broadcast_to(np.arange(block.shape[1]), top.shape)
         sims = block[top, col_idx]
         nz = sims > 0
-        rows.append(top[nz]), cols.append(col_idx[nz] + start), vals.append(sims[nz])
+        rows.append(top[nz])
+        cols.append(col_idx[nz] + start)
+        vals.append(sims[nz])
     similarity = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(m, m))
     return _rank_dense(data, users, consumed, k, lambda block: (data.user_rows(block) @ similarity).toarray())
 
@@ -178,11 +180,11 @@ def ease_lists(data: FitData, users: list[str], consumed: dict[str, set], k: int
     del gram
     B.div_(-B.diagonal().clone().unsqueeze(0))  # B_ij = -P_ij / P_jj
     B.diagonal().zero_()
-    B = B.numpy()
+    weights = B.numpy()
 
     def block_scores(block: list[str]) -> np.ndarray:
         out = np.zeros((len(block), len(data.item_ids)), dtype=np.float32)
-        out[:, kept] = data.user_rows(block)[:, kept] @ B
+        out[:, kept] = data.user_rows(block)[:, kept] @ weights
         return out
 
     return _rank_dense(data, users, consumed, k, block_scores)
@@ -234,7 +236,7 @@ def als_lists(spark, data: FitData, users: list[str], consumed: dict[str, set], 
 
 
 def baseline_lists(spark, lake: Lake, settings: Settings, list_date: dt.date, users: list[str],
-                   consumed: dict[str, set], k: int) -> dict[str, list[str]]:
+                   consumed: dict[str, set], k: int) -> dict[str, dict[str, list[str]]]:
     """Every baseline's list per target user: {method: {user: [item, ...]}} (see module doc)."""
     events = interactions(lake, list_date - dt.timedelta(days=settings.active_days - 1), list_date,
                           ["user_id", "item_id", "scene", "event_ts"])

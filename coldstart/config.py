@@ -23,7 +23,9 @@ class SettingsError(ValueError):
 
 def _doc(text: str, default: Any) -> Any:
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": text})
+        def fresh_copy() -> Any:  # each Settings gets its own list/dict
+            return type(default)(default)
+        return field(default_factory=fresh_copy, metadata={"doc": text})
     return field(default=default, metadata={"doc": text})
 
 
@@ -187,6 +189,6 @@ def describe() -> str:
     """Every setting with its environment variable, default and doc (for the CLI and README)."""
     lines = []
     for f in fields(Settings):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
         lines.append(f"{ENV_PREFIX}{f.name.upper():<28} {default!r:<22} {f.metadata['doc']}")
     return "\n".join(lines)

@@ -146,7 +146,7 @@ def evaluate(spark, settings: Settings, run_date: dt.date, baselines: bool | Non
     from coldstart.report import write_report
 
     write_report(settings)
-    if not results:
+    if not results or t is None:
         return {"methods": [], "users": 0}
     headline = {m: next((r["value"] for r in rows if r["method"] == m and r["slice"] == "all" and r["metric"] == "recall"
                          and r["k"] == 20), None) for m in results}

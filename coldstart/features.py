@@ -247,7 +247,7 @@ def pool_user_content(user_ids, item_ids, item_content, profile_content=None, we
 
 
 
-def recent_popularity(counts: pd.DataFrame, item_keys: Sequence[str], days: Sequence[int]) -> np.ndarray:
+def recent_popularity(counts: pd.DataFrame, item_keys: Sequence[str], days: Sequence[int] | np.ndarray) -> np.ndarray:
     """(len(days), len(item_keys)) float32: ``pop`` of each item on each day, i.e. ``log1p`` of its
     interactions on the days before, each day's count weighted ``0.5 ** ((day - 1 - count_day) / half-life)``.
     ``counts``: columns item_id, day, count (days since 1970-01-01)."""

@@ -21,6 +21,7 @@ import dataclasses
 import datetime as dt
 import json
 import logging
+import operator
 import os
 import uuid
 from pathlib import Path
@@ -33,7 +34,7 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
-from deltalake.transaction import AddAction
+from deltalake.transaction import AddAction, RemoveAction
 
 from coldstart import storage
 from coldstart.catalog import Table, table as catalog_table
@@ -266,6 +267,7 @@ class Lake:
         wrote (never a Spark count, never the table's size). Only one small row per file reaches the
         driver, on local disk and on an object store alike."""
         spec = catalog_table(name)
+        partition = partition or {}
         df = conform_spark(df, spec)
         dt_ = self.writable(name)
         if mode not in ("append", "replace_partition", "overwrite"):
@@ -311,7 +313,8 @@ class Lake:
         else:
             out_dir = table_dir / batch
             df.write.mode("error").parquet(str(out_dir))
-        actions, rows = [], 0
+        actions: list[AddAction | RemoveAction] = []
+        rows = 0
         for path in sorted(out_dir.rglob("*.parquet")):
             rel = path.relative_to(table_dir).as_posix()
             values = dict(fixed) if fixed is not None else _partition_values_from_path(rel, spec.partition_by)
@@ -546,7 +549,14 @@ def _partition_values_from_path(rel: str, partition_by: tuple[str, ...]) -> dict
     return values
 
 
+# The DNF comparison operators of read filters. pyarrow.parquet.filters_to_expression builds the same
+# terms, but cannot compare the string_view columns that delta-rs merges write with a string scalar.
+_COMPARE = {"=": operator.eq, "==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
+            ">": operator.gt, ">=": operator.ge}
+
+
 def _filter_expression(filters):
+    """An Arrow expression for ``filters``: None, an expression, or a conjunction of (column, op, value)."""
     if filters is None:
         return None
     if isinstance(filters, pads.Expression):
@@ -558,10 +568,7 @@ def _filter_expression(filters):
         if isinstance(probe, str):
             # delta-rs merges write strings as string_view, which pyarrow cannot compare with a string scalar
             field = field.cast(pa.string())
-        ops = {"=": lambda: field == value, "==": lambda: field == value, "!=": lambda: field != value,
-               "<": lambda: field < value, "<=": lambda: field <= value, ">": lambda: field > value,
-               ">=": lambda: field >= value, "in": lambda: field.isin(list(value))}
-        term = ops[op]()
+        term = field.isin(list(value)) if op == "in" else _COMPARE[op](field, value)
         expr = term if expr is None else expr & term
     return expr
 

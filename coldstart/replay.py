@@ -125,10 +125,12 @@ def replay(landing: str | Path, start: dt.date, days: int = 14, seed: int = 42, 
         land = int(row["land_day"])
         movie_tags = tags[tags["movieId"] == movie_id] if len(tags) else tags
         change_days = sorted({land, *[max(land, int(d)) for d in movie_tags["day"]]})
-        for day in change_days:
+        for change_day in change_days:
             genre_tags = [g for g in str(row["genres"]).split("|") if g and g != "(no genres listed)"]
-            user_tags = list(dict.fromkeys(t.strip() for t in movie_tags[movie_tags["day"] <= day]["tag"] if t.strip()))
-            per_day.setdefault(day, []).append(_catalog_row(movie_id, row["title"], genre_tags + user_tags, plan.day(day)))
+            user_tags = list(dict.fromkeys(t.strip() for t in movie_tags[movie_tags["day"] <= change_day]["tag"]
+                                           if t.strip()))
+            per_day.setdefault(change_day, []).append(_catalog_row(movie_id, row["title"], genre_tags + user_tags,
+                                                                   plan.day(change_day)))
     for index in range(days + 1):
         folder = day_dir(landing, "items", plan.day(index))
         folder.mkdir(parents=True, exist_ok=True)

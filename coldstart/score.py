@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -223,7 +223,7 @@ def _model_batch(block, scores, positions, recent, content, liked, item_ids, is_
     }, schema=RECOMMENDATIONS.schema)
 
 
-def popular_and_fresh(ranked: pd.Series, fresh: list[str], k: int, others: list[str] = ()) -> list[str]:
+def popular_and_fresh(ranked: pd.Series, fresh: list[str], k: int, others: Sequence[str] = ()) -> list[str]:
     """Mostly the popular items (``ranked``, best first), with a new item in every FRESH_EVERY-th slot;
     ``others`` (the rest of the catalogue) only close a list that would otherwise be short of k."""
     popular = iter(ranked.index)

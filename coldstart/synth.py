@@ -158,7 +158,8 @@ def _broken_counts(rows: int, share: float, kinds) -> dict[str, int]:
 
 def _words(rng: np.random.Generator, count: int, syllables: int) -> list[str]:
     consonants, vowels = list("bcdfghjklmnprstvz"), list("aeiou")
-    out, seen = [], set()
+    out: list[str] = []
+    seen: set[str] = set()
     while len(out) < count:
         word = "".join(rng.choice(consonants) + rng.choice(vowels) for _ in range(syllables))
         if word not in seen:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.providers.standard.sensors.python import PythonSensor
-from airflow.sdk import DAG, CronDataIntervalTimetable, Param, task
+from airflow.sdk import DAG, CronDataIntervalTimetable, Param, chain, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from coldstart.config import Settings, SettingsError
@@ -157,9 +157,6 @@ with DAG(
         timeout=SETTINGS.landing_timeout_minutes * 60,
         mode="reschedule",
     )
-    previous = wait_for_landing
     run_date >> wait_for_previous_night >> wait_for_landing
-    for stage in STAGES:
-        op = StageOperator(stage=stage, trigger_rule="none_failed", depends_on_past=True)
-        previous >> op
-        previous = op
+    chain(wait_for_landing, *[StageOperator(stage=stage, trigger_rule="none_failed", depends_on_past=True)
+                              for stage in STAGES])

@@ -99,7 +99,7 @@ def _read_csv(path: str, fields: tuple[str, ...]) -> Iterator[RawBatch]:
     """CSV with a header line; one record per physical line (a quoted newline is a malformed record)."""
     lines = _text_lines(path)
     header = None
-    for _, text, raw in lines:
+    for _, text, _raw in lines:
         if text is None:
             raise ValueError(f"{path}: header line is not valid UTF-8")
         header = [h.strip() for h in next(csv.reader([text]))]
@@ -111,14 +111,18 @@ def _read_csv(path: str, fields: tuple[str, ...]) -> Iterator[RawBatch]:
     for chunk in _chunks(lines):
         rows, raws, reasons, details = [], [], [], []
         for _, text, raw in chunk:
-            values = reason = detail = None
+            values: list[str] | None = None
+            reason: str | None = None
+            detail: str | None = None
             if text is None:
                 text, reason, detail = _undecodable(raw), INVALID_UTF8, "line is not valid UTF-8"
             else:
                 try:
-                    values = _split_csv_line(text)
-                    if len(values) != width:
-                        values, reason, detail = None, MALFORMED, f"{len(values)} columns, header has {width}"
+                    split = _split_csv_line(text)
+                    if len(split) == width:
+                        values = split
+                    else:
+                        reason, detail = MALFORMED, f"{len(split)} columns, header has {width}"
                 except csv.Error as exc:
                     reason, detail = MALFORMED, f"unparseable CSV: {exc}"
             rows.append(values)

@@ -123,6 +123,7 @@ def ingest(spark, settings: Settings, run_date: dt.date) -> dict:
                 day.alias("run_date"), F.lit(source).alias("source"), "source_file", "line", "raw", "reason", "detail",
                 now.alias("ingested_at"))
             quarantine = rejected if quarantine is None else quarantine.unionByName(rejected)
+        assert quarantine is not None  # SOURCES is not empty
         with _phase(run_date, "write quarantine"):
             lake.write_spark(quarantine.coalesce(1), "quarantine", "replace_partition", {"run_date": run_date})
     finally:

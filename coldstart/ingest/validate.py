@@ -36,7 +36,7 @@ class _Verdict:
         rows = np.flatnonzero(mask & self.open)
         if rows.size:
             self.reason[rows] = reason
-            self.detail[rows] = [detail(i) for i in rows] if callable(detail) else detail
+            self.detail[rows] = [detail(int(i)) for i in rows] if callable(detail) else detail
             self.open[rows] = False
 
 
@@ -304,7 +304,7 @@ def validate(source: str, batch: RawBatch, rules: Rules, source_file: str) -> pa
         _check_bytes(batch.columns, verdict)
     typed = _VALIDATORS[source](batch.columns, verdict, rules)
     bad = ~verdict.open
-    raw = [None] * n
+    raw: list[str | None] = [None] * n
     for i in np.flatnonzero(bad):
         raw[i] = batch.raw(int(i))
     common = {"source_file": pa.array([source_file] * n, pa.string()), "line": pa.array(batch.lines, pa.int64()),

@@ -61,7 +61,7 @@ def json_safe(obj: Any) -> Any:
 
 
 def index_list(index: Mapping[str, int]) -> list[str]:
-    keys = [None] * len(index)
+    keys: list[str | None] = [None] * len(index)
     for key, pos in index.items():
         keys[pos] = key
     if any(k is None for k in keys):

@@ -17,6 +17,8 @@ def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
 class InterestModel(nn.Module):
     """Two towers with id tables; see the module doc. Index ``-1`` means "no id row" everywhere."""
 
+    rating_mean: torch.Tensor  # a buffer (register_buffer), typed for mypy
+
     def __init__(self, n_users: int, n_items: int, n_scenes: int, content_dim: int = DEFAULT_CONTENT_DIM,
                  dim: int = 64, id_dim: int | None = None, scene_dim: int | None = None,
                  hidden: int | None = None) -> None:
