@@ -22,7 +22,6 @@ import datetime as dt
 import json
 import logging
 import operator
-import os
 import uuid
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -284,7 +283,7 @@ class Lake:
             actions, rows = _spark_files_remote(df, spec, self.uri(name), fixed)
         commit = CommitProperties(app_transactions=[Transaction(f"coldstart:{name}:{txn_id}", 1)]) if txn_id else None
         if mode == "replace_partition":
-            filters = [(c, "=", v) for c, v in fixed.items()]
+            filters = [(c, "=", v) for c, v in (fixed or {}).items()]
             dt_.create_write_transaction(actions, "overwrite", spec.schema, list(spec.partition_by), filters,
                                          commit_properties=commit)
         elif mode == "overwrite":
