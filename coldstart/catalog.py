@@ -12,6 +12,7 @@ import pyarrow as pa
 
 UTC_TS = pa.timestamp("us", tz="UTC")
 STR_MAP = pa.map_(pa.string(), pa.string())
+VERSION_MAP = pa.map_(pa.string(), pa.int64())
 
 
 def col(name: str, dtype: pa.DataType, doc: str, nullable: bool = True) -> pa.Field:
@@ -147,7 +148,7 @@ ENTITY_EMBEDDINGS = Table(
 
 MODEL_REGISTRY = Table(
     "model_registry",
-    "One trained model per run date with its lineage.",
+    "Every trained model with its lineage: one ready model per run date, and the models re-runs superseded.",
     pa.schema([
         col("model_version", pa.string(), "<run_date>-<short checksum>.", nullable=False),
         col("run_date", pa.date32(), "Night that trained it.", nullable=False),
@@ -156,10 +157,12 @@ MODEL_REGISTRY = Table(
         col("checkpoint_uri", pa.string(), "Folder of the checkpoint.", nullable=False),
         col("checksum", pa.string(), "sha256 of the checkpoint manifest.", nullable=False),
         col("metrics", pa.string(), "JSON: training and validation metrics per head.", nullable=False),
-        col("status", pa.string(), "ready (usable by score).", nullable=False),
+        col("status", pa.string(), "ready (the run date's model in use; one per run date), superseded (a re-run of the "
+            "night registered another model; its checkpoint stays for the nights built on it) or removed (`coldstart "
+            "vacuum` deleted that superseded checkpoint).", nullable=False),
         col("created_at", UTC_TS, "Audit: wall clock of the training run."),
     ]),
-    key=("run_date",),
+    key=("model_version",),
 )
 
 RECOMMENDATIONS = Table(
@@ -214,9 +217,57 @@ EVALUATION_USERS = Table(
     partition_by=("run_date",),
 )
 
+STAGE_RUNS = Table(
+    "stage_runs",
+    "One row per run date and stage: the latest run of that stage for that night, how long it took, what it moved and "
+    "how much memory its driver needed. Operators look here first when a night is slow or failed.",
+    pa.schema([
+        col("run_date", pa.date32(), "Night the stage ran for.", nullable=False),
+        col("stage", pa.string(), "ingest, embed, train, score or evaluate.", nullable=False),
+        col("started_at", UTC_TS, "Wall clock when the stage started.", nullable=False),
+        col("finished_at", UTC_TS, "Wall clock when it finished (or failed).", nullable=False),
+        col("seconds", pa.float64(), "finished_at - started_at, in seconds.", nullable=False),
+        col("status", pa.string(), "ok or failed.", nullable=False),
+        col("error", pa.string(), "The failure's type and message (null when ok)."),
+        col("spark_master", pa.string(), "Spark master URL of the session the stage used (null: no Spark session)."),
+        col("spark_app_id", pa.string(), "Spark application id (null: no Spark session)."),
+        col("rows_in", pa.int64(), "Rows read from the lake's tables (Delta log counts of the files read for Spark reads).", nullable=False),
+        col("rows_out", pa.int64(), "Rows committed to the lake's tables (merges: rows inserted + updated).", nullable=False),
+        col("driver_python_peak_rss_bytes", pa.int64(),
+            "Peak resident memory of the driver's Python process (getrusage ru_maxrss; a process peak, so in a "
+            "process that ran earlier stages it is at least theirs)."),
+        col("driver_jvm_peak_rss_bytes", pa.int64(),
+            "Peak resident memory of the driver's JVM (VmHWM of its process; null: no Spark session, or not on Linux)."),
+        col("pid", pa.int64(), "Process id of the driver (tells two concurrent runs apart in the logs)."),
+    ]),
+    key=("run_date", "stage"),
+)
+
+NIGHT_MANIFEST = Table(
+    "night_manifest",
+    "What each stage of each night saw and wrote, by Delta version: time-travel any table to "
+    "tables_read[name] to see what that night read. A re-run of the night reads the as_of versions of "
+    "the stages before it, so it sees what the night saw.",
+    pa.schema([
+        col("run_date", pa.date32(), "Night.", nullable=False),
+        col("stage", pa.string(), "ingest, embed, train, score or evaluate.", nullable=False),
+        col("tables_read", VERSION_MAP, "Delta version of every table the stage read (table name -> version).", nullable=False),
+        col("tables_committed", VERSION_MAP, "Delta version of the last commit the stage made to each table it wrote.", nullable=False),
+        col("as_of", VERSION_MAP,
+            "The version of each current-state table (items, users, entity_embeddings) that stands for the state "
+            "after this stage of this night; later stages of the night read it. A re-run of an old night (later "
+            "nights already ran) keeps the versions of its first run here.", nullable=False),
+        col("checkpoint_version", pa.string(), "model_registry version the stage started from (train: D-1's; score: D's); null: none."),
+        col("checkpoint_checksum", pa.string(), "Its checksum, as registered and verified."),
+        col("settings_hash", pa.string(), "sha256 of the stage's settings (every setting, as JSON).", nullable=False),
+        col("recorded_at", UTC_TS, "Wall clock when the row was written."),
+    ]),
+    key=("run_date", "stage"),
+)
+
 TABLES: dict[str, Table] = {t.name: t for t in (
     INTERACTIONS, QUARANTINE, INGEST_AUDIT, ITEMS, USERS, ENTITY_EMBEDDINGS, MODEL_REGISTRY, RECOMMENDATIONS, EVALUATION,
-    EVALUATION_USERS,
+    EVALUATION_USERS, STAGE_RUNS, NIGHT_MANIFEST,
 )}
 
 

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--skip", default="", help="comma-separated stages to skip")
     run.add_argument("--full-retrain", action="store_true", help="train from scratch instead of from D-1")
     run.add_argument("--top-k", type=int, default=None)
+    run.add_argument("--cascade", action="store_true",
+                     help="also re-run every later night the night manifest knows, oldest first (without it, later "
+                          "nights keep what they were built from)")
 
     rep = sub.add_parser("replay", help="write the bundled MovieLens sample into the landing zone")
     rep.add_argument("--start", type=_date, default=dt.date(2024, 1, 1), help="bootstrap day (default 2024-01-01)")
@@ -70,8 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("settings", help="list every setting with its environment variable, default and doc")
     sub.add_parser("tables", help="list every table with its columns and docs")
-    vac = sub.add_parser("vacuum", help="delete unreferenced files (old versions and orphans of crashed writes)")
-    vac.add_argument("--retention-hours", type=int, default=168)
+    vac = sub.add_parser("vacuum", help="delete unreferenced files (old versions and orphans of crashed writes), "
+                                        "keeping what re-runs of the last COLDSTART_RETENTION_DAYS days need")
+    vac.add_argument("--retention-days", type=int, default=None,
+                     help="keep the versions and checkpoints that the night manifest of the last N days needs "
+                          "(default: setting retention_days)")
+    vac.add_argument("--retention-hours", type=int, default=None,
+                     help="also keep every file removed in the last N hours (default: retention days x 24)")
     return parser
 
 
@@ -124,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             print(f"coldstart run: unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}", file=sys.stderr)
             return 2
-        run_days(settings, dates, stages, [s for s in args.skip.split(",") if s], args.full_retrain, args.top_k)
+        run_days(settings, dates, stages, [s for s in args.skip.split(",") if s], args.full_retrain, args.top_k,
+                 cascade=args.cascade)
     elif args.command == "sql":
         from coldstart.query import run_sql
         import pandas as pd
@@ -138,12 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         from coldstart.report import write_report
         print(f"wrote {write_report(settings, args.output)}")
     elif args.command == "vacuum":
-        from coldstart.catalog import TABLES
-        from coldstart.lake import Lake
-        lake = Lake.from_settings(settings)
-        for name in TABLES:
-            if lake.exists(name):
-                print(f"{name}: removed {len(lake.vacuum(name, args.retention_hours))} file(s)")
+        from coldstart.night import vacuum_lake
+        keep_days = settings.retention_days if args.retention_days is None else args.retention_days
+        if keep_days < 0 or (args.retention_hours is not None and args.retention_hours < 0):
+            print("coldstart vacuum: --retention-days and --retention-hours must not be negative", file=sys.stderr)
+            return 2
+        for line in vacuum_lake(settings, keep_days, args.retention_hours):
+            print(line)
     return 0
 
 

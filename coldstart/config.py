@@ -89,6 +89,9 @@ class Settings:
     task_retries: int = _doc("Airflow retries per task (exponential backoff).", 2)
     landing_timeout_minutes: int = _doc("How long the DAG's sensor waits for the landing _SUCCESS marker.", 360)
     webhook_url: str = _doc("If set, failures are posted here as JSON.", "")
+    retention_days: int = _doc("`coldstart vacuum` keeps every table version and checkpoint that the night manifest "
+                               "rows of the last N days (by when they ran) need, so those nights stay re-runnable; "
+                               "older re-runs are refused by name.", 7)
 
     # ---------------------------------------------------------------------------------------
     @classmethod
@@ -141,7 +144,7 @@ class Settings:
         for name in ("spark_shuffle_partitions", "encoder_max_length", "encoder_batch_size", "model_dim",
                      "train_batch_size", "top_k", "active_days", "scenes_per_user", "score_block_users"):
             need(getattr(self, name) > 0, name, "must be positive")
-        for name in ("encoder_threads", "task_retries", "landing_timeout_minutes", "lateness_days", "train_epochs_warm", "train_epochs_full", "train_replay_sample"):
+        for name in ("encoder_threads", "task_retries", "landing_timeout_minutes", "retention_days", "lateness_days", "train_epochs_warm", "train_epochs_full", "train_replay_sample"):
             need(getattr(self, name) >= 0, name, "must not be negative")
         need(0.0 <= self.train_id_dropout < 1.0, "train_id_dropout", "must be in [0, 1)")
         for name in ("train_learning_rate", "train_id_learning_rate"):

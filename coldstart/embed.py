@@ -99,6 +99,6 @@ def embed(spark, settings: Settings, run_date: dt.date) -> dict:
     if total:
         parts = max(1, min(settings.spark_shuffle_partitions, -(-total // TEXTS_PER_TASK)))
         encoded = todo.repartition(parts).mapInPandas(encode_partitions(settings, run_date, parts), OUTPUT_DDL)
-        lake.merge_spark(encoded, "entity_embeddings")
+        lake.merge_spark(encoded, "entity_embeddings", newer_wins="t.run_date <= s.run_date")
     todo.unpersist()
     return {"items": counts.get("item", 0), "users": counts.get("user", 0)}

@@ -32,12 +32,13 @@ import pyarrow.compute  # noqa: F401  (pa.compute in the executors' helpers)
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.transaction import AddAction, RemoveAction
 
 from coldstart import storage
 from coldstart.catalog import Table, table as catalog_table
 from coldstart.config import Settings
+from coldstart.night import ConcurrentWriteError, Night, active as active_night, claim_id
 
 log = logging.getLogger("coldstart.lake")
 
@@ -90,8 +91,12 @@ class Lake:
         """Create the table from its catalog schema if it does not exist."""
         spec = catalog_table(name)
         if not self.exists(name):
-            DeltaTable.create(self.uri(name), spec.schema, mode="ignore", partition_by=list(spec.partition_by) or None,
-                              name=spec.name, description=spec.doc, storage_options=self.storage_options)
+            try:
+                DeltaTable.create(self.uri(name), spec.schema, mode="ignore", partition_by=list(spec.partition_by) or None,
+                                  name=spec.name, description=spec.doc, storage_options=self.storage_options)
+            except Exception:
+                if not self.exists(name):  # not a concurrent run creating it at the same moment
+                    raise
         return DeltaTable(self.uri(name), storage_options=self.storage_options)
 
     def writable(self, name: str) -> DeltaTable:
@@ -115,6 +120,138 @@ class Lake:
 
     def version(self, name: str) -> int:
         return self.table(name).version()
+
+    def latest_version(self, name: str) -> int | None:
+        """The table's newest version, or None when it does not exist (creates nothing)."""
+        try:
+            return DeltaTable(self.uri(name), storage_options=self.storage_options).version()
+        except TableNotFoundError:
+            return None
+
+    def missing_files(self, name: str, version: int) -> int:
+        """How many data files of ``version`` of a table are gone (vacuumed); the whole count when the
+        version itself can no longer be loaded."""
+        from pyarrow import fs as pafs
+
+        try:
+            snapshot = DeltaTable(self.uri(name), version=version, storage_options=self.storage_options)
+        except Exception:  # noqa: BLE001 - a log that cannot load that version has lost it
+            return 1
+        uris = snapshot.file_uris()
+        if not uris:
+            return 0
+        filesystem, _ = pafs.FileSystem.from_uri(uris[0])
+        paths = [filesystem.normalize_path(pafs.FileSystem.from_uri(u)[1]) for u in uris]
+        return sum(1 for info in filesystem.get_file_info(paths) if info.type == pafs.FileType.NotFound)
+
+    def begin_night(self, run_date: dt.date, stage: str, settings: Settings | None = None) -> Night:
+        """The night context of one stage of one night (coldstart.night.start)."""
+        from coldstart.night import start
+
+        return start(self, run_date, stage, getattr(settings, "retention_days", 0))
+
+    def merge_bookkeeping(self, name: str, data: pa.Table, attempts: int = 8) -> None:
+        """Merge a stage_runs/night_manifest row by key, retried on conflict: unrelated stages that finish
+        at the same moment must not fail each other over their bookkeeping."""
+        import random
+        import time
+
+        for attempt in range(attempts):
+            try:
+                self.merge(name, data)
+                return
+            except ConcurrentWriteError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 + random.random() * 0.2 * (attempt + 1))
+
+    def registered_model(self, run_date: dt.date) -> dict | None:
+        """The model_registry row in use for a run date (status ready), or None."""
+        rows = [r for r in self.read_arrow("model_registry", filters=[("run_date", "=", run_date)]).to_pylist()
+                if r["status"] == "ready"]
+        return max(rows, key=lambda r: r["created_at"] or dt.datetime.min.replace(tzinfo=dt.timezone.utc)) if rows else None
+
+    # --- the night context (coldstart.night): as-of reads, conflict-checked writes ---------------
+    def _night(self) -> Night | None:
+        return active_night(self.root)
+
+    def _snapshot(self, name: str) -> DeltaTable:
+        """The table as this stage reads it: the night's version of it, else the latest."""
+        night = self._night()
+        version = night.read_version(name) if night else None
+        if night is None or version is None:
+            return self.ensure(name)
+        key = (name, version)
+        if key not in night.snapshots:  # one log replay per table version and stage
+            night.snapshots[key] = DeltaTable(self.uri(name), version=version, storage_options=self.storage_options)
+        return night.snapshots[key]
+
+    def _night_filters(self, name: str, filters):
+        night = self._night()
+        extra = night.row_filters(name) if night else []
+        if not extra:
+            return filters
+        if filters is None:
+            return extra
+        if isinstance(filters, pads.Expression):
+            return filters & _filter_expression(extra)
+        return [*filters, *extra]
+
+    def _base_table(self, name: str) -> DeltaTable:
+        """The table a commit is made from: in a night, its version at the start of the stage (or the
+        stage's own last commit), so that delta-rs checks the commit against every commit since."""
+        latest = self.writable(name)
+        night = self._night()
+        if night is None:
+            return latest
+        base = night.write_base(name)
+        if base is None:  # created during this stage (by us or a concurrent run): check against its creation
+            base = 0
+            night.base[name] = 0
+        if base == latest.version():
+            return latest
+        return DeltaTable(self.uri(name), version=base, storage_options=self.storage_options)
+
+    def _claim(self, name: str, partition: Mapping | None) -> list[Transaction]:
+        # every write carries it, in a night or not, so that a night's write sees any other write of the partition
+        return [Transaction(claim_id(name, {c: _partition_text(v) for c, v in (partition or {}).items()}),
+                            int(dt.datetime.now(dt.timezone.utc).timestamp()))]
+
+    def _commit_properties(self, name: str, partition: Mapping | None, txns: Iterable[Transaction] = ()) -> CommitProperties | None:
+        night = self._night()
+        txns = [*txns, *self._claim(name, partition)]
+        if night is None:
+            return CommitProperties(app_transactions=txns)
+        meta = {"coldstart.run_date": night.run_date.isoformat(), "coldstart.stage": night.stage,
+                "coldstart.run": night.token}
+        return CommitProperties(app_transactions=txns, custom_metadata=meta)
+
+    def _conflict(self, name: str, exc: Exception, partition: Mapping | None = None) -> ConcurrentWriteError:
+        night = self._night()
+        where = f"{name}" + (f" partition {_partition_predicate(partition)}" if partition else "")
+        base = night.write_base(name) if night else None
+        latest = DeltaTable(self.uri(name), storage_options=self.storage_options).version()
+        who = f" for night {night.run_date} {night.stage}" if night else ""
+        return ConcurrentWriteError(
+            f"{where}: another run committed version {latest} after this run{who} read version {base}; "
+            f"this run wrote nothing to it and stops (Delta: {str(exc).splitlines()[0]}). "
+            "Two runs of the same stage and date at once: let the other one finish, then re-run if needed.")
+
+    def _committed(self, name: str, version: int | None, rows: int) -> None:
+        night = self._night()
+        if night is not None and version is not None:
+            night.note_commit(name, version, rows)
+
+    def _find_own_commit(self, name: str) -> int | None:
+        """The version of this night's latest commit to ``name`` (create_write_transaction returns none)."""
+        night = self._night()
+        if night is None:
+            return None
+        latest = DeltaTable(self.uri(name), storage_options=self.storage_options)
+        for entry in latest.history(limit=20):
+            if entry.get("coldstart.run") == night.token:
+                return int(entry["version"])
+        return latest.version()
 
     # --- schema -------------------------------------------------------------------------------
     def conform(self, name: str, data: pa.Table | pa.RecordBatch) -> pa.Table:
@@ -151,19 +288,27 @@ class Lake:
 
         reader = pa.RecordBatchReader.from_batches(spec.schema, checked())
         predicate = _partition_predicate(partition)
+        target = self._base_table(name)
         try:
-            write_deltalake(self.uri(name), reader, mode="overwrite", predicate=predicate,
-                            partition_by=list(spec.partition_by), storage_options=self.storage_options)
+            write_deltalake(target, reader, mode="overwrite", predicate=predicate,
+                            partition_by=list(spec.partition_by), storage_options=self.storage_options,
+                            commit_properties=self._commit_properties(name, partition))
+        except CommitFailedError as exc:
+            raise self._conflict(name, exc, partition) from None
         except Exception:
             if rejected is not None:  # delta-rs wraps errors raised while reading the stream; give the caller ours
                 raise rejected from None
             raise
+        self._committed(name, target.version(), count)
         log.info("%s: replaced partition %s with %d rows", name, predicate, count)
         return count
 
-    def merge(self, name: str, data: pa.Table, preserve: Iterable[str] = (), combine: Mapping[str, str] | None = None) -> dict:
+    def merge(self, name: str, data: pa.Table, preserve: Iterable[str] = (), combine: Mapping[str, str] | None = None,
+              newer_wins: str | None = None) -> dict:
         """Upsert by the catalog key. Columns in ``preserve`` keep their stored value on update;
-        ``combine`` maps a column to a SQL expression over ``t`` (target) and ``s`` (source)."""
+        ``combine`` maps a column to a SQL expression over ``t`` (target) and ``s`` (source);
+        ``newer_wins`` (a SQL condition, e.g. ``t.run_date <= s.run_date``) limits updates to rows it holds
+        for, so that re-running an old night cannot bring old values back over a later night's."""
         spec = catalog_table(name)
         data = self.conform(name, data)
         if data.num_rows == 0:
@@ -171,15 +316,22 @@ class Lake:
         keys = data.select(list(spec.key)).group_by(list(spec.key)).aggregate([([], "count_all")])
         if keys.num_rows != data.num_rows:
             raise SchemaMismatchError(f"table {name}: merge source has duplicate keys on {', '.join(spec.key)}")
-        dt_ = self.writable(name)
+        dt_ = self._base_table(name)
         predicate = " AND ".join(f"t.{k} = s.{k}" for k in spec.key)
         preserve = set(preserve)
         combine = dict(combine or {})
         updates = {c: combine.get(c, f"s.{c}") for c in spec.columns if c not in spec.key and c not in preserve}
-        metrics = (dt_.merge(data, predicate, source_alias="s", target_alias="t")
-                   .when_matched_update(updates=updates)
-                   .when_not_matched_insert_all()
-                   .execute())
+        try:
+            # a merge reads the whole table: delta-rs refuses it when any commit landed since the version read
+            metrics = (dt_.merge(data, predicate, source_alias="s", target_alias="t",
+                                 commit_properties=self._commit_properties(name, None))
+                       .when_matched_update(updates=updates, predicate=newer_wins)
+                       .when_not_matched_insert_all()
+                       .execute())
+        except CommitFailedError as exc:
+            raise self._conflict(name, exc) from None
+        self._committed(name, dt_.version(), int(metrics.get("num_target_rows_inserted", 0) or 0)
+                        + int(metrics.get("num_target_rows_updated", 0) or 0))
         log.info("%s: merged %d rows (%s inserted, %s updated)", name, data.num_rows,
                  metrics.get("num_target_rows_inserted"), metrics.get("num_target_rows_updated"))
         return metrics
@@ -187,65 +339,100 @@ class Lake:
     def append_once(self, name: str, data: pa.Table, txn_id: str) -> bool:
         """Append guarded by a Delta app transaction: the same txn_id never appends twice."""
         data = self.conform(name, data)
-        dt_ = self.writable(name)
+        dt_ = self._base_table(name)
         app_id = f"coldstart:{name}:{txn_id}"
         if dt_.transaction_version(app_id) is not None:
             log.info("%s: append %s already committed, skipped", name, txn_id)
             return False
-        write_deltalake(dt_, data, mode="append", partition_by=list(catalog_table(name).partition_by) or None,
-                        storage_options=self.storage_options,
-                        commit_properties=CommitProperties(app_transactions=[Transaction(app_id, 1)]))
+        night = self._night()
+        txns = [Transaction(app_id, 1)]
+        props = self._commit_properties(name, None, txns) if night else CommitProperties(app_transactions=txns)
+        try:
+            write_deltalake(dt_, data, mode="append", partition_by=list(catalog_table(name).partition_by) or None,
+                            storage_options=self.storage_options, commit_properties=props)
+        except CommitFailedError as exc:
+            raise self._conflict(name, exc) from None
+        self._committed(name, dt_.version(), data.num_rows)
         return True
 
     # --- reads --------------------------------------------------------------------------------
     def read_arrow(self, name: str, columns: list[str] | None = None, filters=None) -> pa.Table:
+        """Rows of a table; in a night (coldstart.night), as of that night."""
         if not self.exists(name):
             return catalog_table(name).schema.empty_table().select(columns) if columns else catalog_table(name).schema.empty_table()
-        dataset = self.table(name).to_pyarrow_dataset()
-        expr = _filter_expression(filters)
-        return dataset.to_table(columns=columns, filter=expr)
+        snapshot = self._snapshot(name)
+        expr = _filter_expression(self._night_filters(name, filters))
+        out = snapshot.to_pyarrow_dataset().to_table(columns=columns, filter=expr)
+        night = self._night()
+        if night is not None:
+            night.note_read(name, snapshot.version(), out.num_rows)
+        return out
 
     def partition_rows(self, name: str, column: str) -> dict:
         """Rows per value of a partition column, from the record counts the Delta log keeps per file (no
         data file is read); if a file has no count, the column is read instead."""
         if not self.exists(name):
             return {}
-        actions = pa.table(self.table(name).get_add_actions(flatten=True))
+        snapshot = self._snapshot(name)
+        actions = pa.table(snapshot.get_add_actions(flatten=True))
         values, counts = actions.column(f"partition.{column}"), actions.column("num_records")
         if counts.null_count:
             values = self.read_arrow(name, columns=[column]).column(column)
             counts = pa.array(np.ones(len(values), dtype=np.int64))
         totals = pa.table({"value": values, "rows": counts}).group_by("value").aggregate([("rows", "sum")])
-        return dict(zip(totals.column("value").to_pylist(), totals.column("rows_sum").to_pylist()))
+        out = dict(zip(totals.column("value").to_pylist(), totals.column("rows_sum").to_pylist()))
+        night = self._night()
+        if night is not None:
+            night.note_read(name, snapshot.version(), 0)
+            for col_name, op, value in night.row_filters(name):
+                if col_name == column:  # the night's filter on this very column (run_date <= D)
+                    keep = _filter_expression([("v", op, value)])
+                    kept = pa.table({"v": list(out)}).filter(keep).column("v").to_pylist() if out else []
+                    out = {k: out[k] for k in kept}
+        return out
 
     def read_pandas(self, name: str, columns: list[str] | None = None, filters=None):
         return self.read_arrow(name, columns, filters).to_pandas()
 
     def dataset(self, name: str) -> pads.Dataset:
+        """The table's files as a pyarrow dataset (in a night: the night's version; its row filters are the
+        caller's, see :meth:`read_arrow`)."""
         self.ensure(name)
-        return self.table(name).to_pyarrow_dataset()
+        return self._snapshot(name).to_pyarrow_dataset()
 
     def read_spark(self, spark, name: str, partitions: Mapping[str, Iterable] | None = None):
-        """Read the active files of the table's current version into Spark (no Delta jars needed)."""
+        """Read the active files of the table's current version (in a night: as of that night, see
+        :meth:`read_arrow`) into Spark (no Delta jars needed)."""
         from pyspark.sql import functions as F
 
         spec = catalog_table(name)
         spark_schema = spark_schema_for(spec)
-        dt_ = self.ensure(name)
+        self.ensure(name)
+        dt_ = self._snapshot(name)
         actions = pa.table(dt_.get_add_actions(flatten=True)).to_pylist()
         if partitions:
             wanted = {c: {_partition_text(v) for v in vs} for c, vs in partitions.items()}
             actions = [a for a in actions if all(str(a.get(f"partition.{c}")) in vs for c, vs in wanted.items())]
+        night = self._night()
+        row_filters = night.row_filters(name) if night else []
+        for column, op, value in [f for f in row_filters if f[0] in spec.partition_by]:
+            # partition filters prune files by the values in the log (dates compare as ISO text)
+            keep = {"<=": lambda a, b: a <= b, "<": lambda a, b: a < b, "=": lambda a, b: a == b}[op]
+            actions = [a for a in actions if a.get(f"partition.{column}") is not None
+                       and keep(_partition_text(a.get(f"partition.{column}")), _partition_text(value))]
+        row_filters = [f for f in row_filters if f[0] not in spec.partition_by]
+        if night is not None:
+            night.note_read(name, dt_.version(), sum(int(a.get("num_records") or 0) for a in actions))
         if not actions:
             return spark.createDataFrame([], spark_schema)
         base = self.uri(name)
         if not _is_local(self.root):
-            return _read_spark_remote(spark, spec, spark_schema, base, actions)
+            return _filtered(_read_spark_remote(spark, spec, spark_schema, base, actions), row_filters)
         files = [f"{base}/{_unquote(a['path'])}" for a in actions]
         data_fields = [f for f in spark_schema.fields if f.name not in spec.partition_by]
         from pyspark.sql.types import StructType
 
-        df = spark.read.schema(StructType(data_fields)).parquet(*files)
+        df = _filtered(spark.read.schema(StructType(data_fields)).parquet(*files), row_filters)
         if not spec.partition_by:
             return df
         # Partition values live in the Delta log, not in the files: attach them through the file path.
@@ -268,7 +455,7 @@ class Lake:
         spec = catalog_table(name)
         partition = partition or {}
         df = conform_spark(df, spec)
-        dt_ = self.writable(name)
+        dt_ = self._base_table(name)
         if mode not in ("append", "replace_partition", "overwrite"):
             raise ValueError(f"unknown write mode {mode!r}")
         if mode == "replace_partition":
@@ -281,19 +468,28 @@ class Lake:
             actions, rows = self._spark_files_local(df, spec, self.uri(name), fixed)
         else:
             actions, rows = _spark_files_remote(df, spec, self.uri(name), fixed)
-        commit = CommitProperties(app_transactions=[Transaction(f"coldstart:{name}:{txn_id}", 1)]) if txn_id else None
-        if mode == "replace_partition":
-            filters = [(c, "=", v) for c, v in (fixed or {}).items()]
-            dt_.create_write_transaction(actions, "overwrite", spec.schema, list(spec.partition_by), filters,
-                                         commit_properties=commit)
-        elif mode == "overwrite":
-            dt_.create_write_transaction(actions, "overwrite", spec.schema, list(spec.partition_by) or None,
-                                         commit_properties=commit)
-        else:
-            if not actions:
-                return 0
-            dt_.create_write_transaction(actions, "append", spec.schema, list(spec.partition_by) or None,
-                                         commit_properties=commit)
+        # An add-action commit records no read predicate, so delta-rs would not see a concurrent write of
+        # the same partition: the claim id (coldstart.night) makes two such commits conflict.
+        txns = [Transaction(f"coldstart:{name}:{txn_id}", 1)] if txn_id else []
+        commit = self._commit_properties(name, fixed, txns)
+        if mode == "append" and not actions:
+            return 0
+        try:
+            if mode == "replace_partition":
+                filters = [(c, "=", v) for c, v in (fixed or {}).items()]
+                dt_.create_write_transaction(actions, "overwrite", spec.schema, list(spec.partition_by), filters,
+                                             commit_properties=commit)
+            elif mode == "overwrite":
+                dt_.create_write_transaction(actions, "overwrite", spec.schema, list(spec.partition_by) or None,
+                                             commit_properties=commit)
+            else:
+                dt_.create_write_transaction(actions, "append", spec.schema, list(spec.partition_by) or None,
+                                             commit_properties=commit)
+        except CommitFailedError as exc:
+            for action in actions:  # the loser's files: never committed, never read
+                storage.delete(f"{self.uri(name)}/{_unquote(action.path)}")
+            raise self._conflict(name, exc, fixed) from None
+        self._committed(name, self._find_own_commit(name), rows)
         log.info("%s: committed %d rows in %d files (%s)", name, rows, len(actions), mode)
         return rows
 
@@ -330,7 +526,8 @@ class Lake:
             crc.unlink()
         return actions, rows
 
-    def merge_spark(self, df, name: str, preserve: Iterable[str] = (), combine: Mapping[str, str] | None = None) -> dict:
+    def merge_spark(self, df, name: str, preserve: Iterable[str] = (), combine: Mapping[str, str] | None = None,
+                    newer_wins: str | None = None) -> dict:
         """Merge a Spark DataFrame by key: executors stage Parquet under the lake's own ``_staging/`` (same
         store as the tables), the driver streams the staged files into one merge and deletes them."""
         spec = catalog_table(name)
@@ -349,7 +546,7 @@ class Lake:
             fs, _ = storage.filesystem(staging)
             data = pads.dataset([storage.filesystem(f)[1] for f in files], format="parquet", schema=spec.schema,
                                 filesystem=fs).to_table()
-            return self.merge(name, data, preserve=preserve, combine=combine)
+            return self.merge(name, data, preserve=preserve, combine=combine, newer_wins=newer_wins)
         finally:
             storage.delete(staging)
 
@@ -363,6 +560,36 @@ class Lake:
                 if path.is_dir() and not any(path.iterdir()) and "_delta_log" not in path.parts:
                     path.rmdir()
         return removed
+
+    def commit_time(self, name: str, version: int) -> dt.datetime | None:
+        """Wall clock of a table version's commit (from the Delta log), or None when the log lost it."""
+        history = DeltaTable(self.uri(name), storage_options=self.storage_options).history()
+        for entry in history:
+            if int(entry["version"]) == version and entry.get("timestamp") is not None:
+                return dt.datetime.fromtimestamp(entry["timestamp"] / 1000, dt.timezone.utc)
+        return None
+
+    def vacuum_checkpoints(self, retention_days: int, now: dt.datetime) -> list[str]:
+        """Delete the checkpoints of superseded models (a re-run registered another one for their date) that
+        no night manifest row of the last ``retention_days`` days started from; their registry rows stay,
+        with status ``removed``, so a later model's parent_version still names a row that says what happened."""
+        if not self.exists("model_registry"):
+            return []
+        since = now - dt.timedelta(days=retention_days)
+        used = set()
+        if self.exists("night_manifest"):
+            used = {r["checkpoint_version"] for r in self.read_arrow("night_manifest").to_pylist()
+                    if r["checkpoint_version"] and r["recorded_at"] is not None and r["recorded_at"] >= since}
+        gone, lines = [], []
+        for row in self.read_arrow("model_registry").to_pylist():
+            if row["status"] != "superseded" or row["model_version"] in used:
+                continue
+            storage.delete(row["checkpoint_uri"])
+            gone.append({**row, "status": "removed"})
+            lines.append(f"checkpoint {row['model_version']}: removed {row['checkpoint_uri']}")
+        if gone:
+            self.merge("model_registry", pa.Table.from_pylist(gone, schema=catalog_table("model_registry").schema))
+        return lines
 
     def _check_partition_spec(self, spec: Table, partition: Mapping) -> None:
         if tuple(partition) != spec.partition_by:
@@ -524,6 +751,16 @@ def _typed_partitions(table: pa.Table, spec: Table) -> pa.Table:
 
 
 # --- helpers ------------------------------------------------------------------------------------
+def _filtered(df, row_filters: list[tuple]):
+    """A Spark DataFrame with the night's row filters ((column, op, value) triples) applied."""
+    from pyspark.sql import functions as F
+
+    for column, op, value in row_filters:
+        df = df.filter({"<=": F.col(column) <= F.lit(value), "<": F.col(column) < F.lit(value),
+                        "=": F.col(column) == F.lit(value)}[op])
+    return df
+
+
 def _partition_predicate(partition: Mapping) -> str:
     return " AND ".join(f"{c} = '{_partition_text(v)}'" for c, v in partition.items())
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import time
 from typing import Iterable
@@ -40,33 +42,136 @@ def check_storage(settings: Settings) -> None:
 
 def run_stage(stage: str, settings: Settings, run_date: dt.date, spark=None, full_retrain: bool = False,
               top_k: int | None = None) -> dict:
-    """Run one stage for one run date (idempotent for that date). Every object-store location is checked
-    first (:func:`check_storage`)."""
+    """Run one stage for one run date (idempotent for that date), as of that night.
+
+    The stage runs inside a night context (:mod:`coldstart.night`): it reads the lake as night D saw it
+    and its commits fail with ConcurrentWriteError when another run wrote the same partition meanwhile.
+    Afterwards its stage_runs row (timing, rows, driver memory; status failed with the error when it
+    raised) and its night_manifest row (versions read and committed, checkpoint, settings hash) are
+    written. A run that lost a race records nothing: the winner's rows stand. Every object-store
+    location is checked first (:func:`check_storage`)."""
+    from coldstart.lake import Lake
+    from coldstart.night import ConcurrentWriteError, open_night
+
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     check_storage(settings)
+    lake = Lake.from_settings(settings)
+    night = lake.begin_night(run_date, stage, settings)  # refuses a re-run whose versions were vacuumed
     if spark is None and needs_spark(stage):
         from coldstart.spark import get_session
         spark = get_session(settings, app_name=f"coldstart-{stage}")
+    started_at = dt.datetime.now(dt.timezone.utc)
     started = time.perf_counter()
     log.info("=== %s %s ===", stage, run_date)
-    if stage == "ingest":
-        from coldstart.ingest import ingest
-        result = ingest(spark, settings, run_date)
-    elif stage == "embed":
-        from coldstart.embed import embed
-        result = embed(spark, settings, run_date)
-    elif stage == "train":
-        from coldstart.train import train
-        result = train(spark, settings, run_date, full_retrain=full_retrain)
-    elif stage == "score":
-        from coldstart.score import score
-        result = score(spark, settings, run_date, top_k=top_k)
-    else:
-        from coldstart.evaluate import evaluate
-        result = evaluate(spark, settings, run_date)
+    try:
+        with open_night(night):
+            result = _dispatch(stage, settings, run_date, spark, full_retrain, top_k)
+    except ConcurrentWriteError:
+        log.error("%s %s: lost a race with another run of the same stage and date; not recorded", stage, run_date)
+        raise
+    except BaseException as exc:
+        _record(lake, settings, night, started_at, "failed", f"{type(exc).__name__}: {exc}", spark)
+        raise
+    _record(lake, settings, night, started_at, "ok", None, spark)
     log.info("=== %s %s done in %.1f s ===", stage, run_date, time.perf_counter() - started)
     return result
+
+
+def _dispatch(stage: str, settings: Settings, run_date: dt.date, spark, full_retrain: bool, top_k: int | None) -> dict:
+    if stage == "ingest":
+        from coldstart.ingest import ingest
+        return ingest(spark, settings, run_date)
+    if stage == "embed":
+        from coldstart.embed import embed
+        return embed(spark, settings, run_date)
+    if stage == "train":
+        from coldstart.train import train
+        return train(spark, settings, run_date, full_retrain=full_retrain)
+    if stage == "score":
+        from coldstart.score import score
+        return score(spark, settings, run_date, top_k=top_k)
+    from coldstart.evaluate import evaluate
+    return evaluate(spark, settings, run_date)
+
+
+def settings_hash(settings: Settings) -> str:
+    """sha256 of every setting (as sorted JSON): two nights with the same hash ran with the same settings."""
+    return hashlib.sha256(json.dumps(settings.as_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _jvm_peak_rss(spark) -> int | None:
+    """VmHWM (peak resident set) of the driver's JVM, or None without a session or /proc."""
+    if spark is None:
+        return None
+    try:
+        pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except Exception:  # noqa: BLE001 - a gauge, never a reason to fail a night
+        return None
+    return None
+
+
+def _record(lake, settings: Settings, night, started_at: dt.datetime, status: str, error: str | None, spark) -> None:
+    """Write the stage's stage_runs and night_manifest rows (merged by run date and stage)."""
+    import os
+    import resource
+
+    import pyarrow as pa
+
+    from coldstart.catalog import NIGHT_MANIFEST, STAGE_RUNS
+
+    if spark is None:
+        from pyspark.sql import SparkSession
+        spark = SparkSession.getActiveSession()  # evaluate's ALS baseline may have started one
+    finished_at = dt.datetime.now(dt.timezone.utc)
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    run = {"run_date": night.run_date, "stage": night.stage, "started_at": started_at, "finished_at": finished_at,
+           "seconds": (finished_at - started_at).total_seconds(), "status": status, "error": error,
+           "spark_master": spark.sparkContext.master if spark is not None else None,
+           "spark_app_id": spark.sparkContext.applicationId if spark is not None else None,
+           "rows_in": night.rows_in, "rows_out": night.rows_out,
+           "driver_python_peak_rss_bytes": int(maxrss) * 1024, "driver_jvm_peak_rss_bytes": _jvm_peak_rss(spark),
+           "pid": os.getpid()}
+    lake.merge_bookkeeping("stage_runs", pa.Table.from_pylist([run], schema=STAGE_RUNS.schema))
+    if status != "ok":
+        return  # the manifest describes what a night saw when it succeeded; a failed stage keeps the last one
+    version, checksum = _checkpoint_used(lake, night)
+    manifest = {"run_date": night.run_date, "stage": night.stage,
+                "tables_read": sorted(night.read.items()), "tables_committed": sorted(night.committed.items()),
+                "as_of": sorted(night.as_of().items()), "checkpoint_version": version, "checkpoint_checksum": checksum,
+                "settings_hash": settings_hash(settings), "recorded_at": finished_at}
+    lake.merge_bookkeeping("night_manifest", pa.Table.from_pylist([manifest], schema=NIGHT_MANIFEST.schema))
+
+
+def _checkpoint_used(lake, night) -> tuple[str | None, str | None]:
+    """The registered model a stage started from: train warm-starts from D-1's, score uses D's."""
+    if night.stage not in ("train", "score"):
+        return None, None
+    if night.stage == "train":
+        mine = lake.registered_model(night.run_date)
+        parent = mine.get("parent_version") if mine else None
+        if not parent:
+            return None, None
+        rows = lake.read_arrow("model_registry", filters=[("model_version", "=", parent)]).to_pylist()
+        return parent, (rows[0]["checksum"] if rows else None)
+    mine = lake.registered_model(night.run_date)
+    return (mine["model_version"], mine["checksum"]) if mine else (None, None)
+
+
+def later_nights(settings: Settings, dates: Iterable[dt.date]) -> list[dt.date]:
+    """The nights after the last of ``dates`` that the night manifest knows (what --cascade re-runs)."""
+    from coldstart.lake import Lake
+
+    dates = list(dates)
+    lake = Lake.from_settings(settings)
+    if not dates or not lake.exists("night_manifest"):
+        return []
+    known = set(lake.read_arrow("night_manifest", columns=["run_date"]).column("run_date").to_pylist())
+    return sorted(d for d in known if d > max(dates))
 
 
 def date_range(first: dt.date, last: dt.date) -> list[dt.date]:
@@ -76,12 +181,20 @@ def date_range(first: dt.date, last: dt.date) -> list[dt.date]:
 
 
 def run_days(settings: Settings, dates: Iterable[dt.date], stages: Iterable[str] = STAGES, skip: Iterable[str] = (),
-             full_retrain: bool = False, top_k: int | None = None, spark=None) -> dict:
-    """Run the stages in order for each date, in-process with one Spark session."""
+             full_retrain: bool = False, top_k: int | None = None, spark=None, cascade: bool = False) -> dict:
+    """Run the stages in order for each date, in-process with one Spark session.
+
+    A re-run of an old night leaves the nights after it as they were built (they keep their inputs and
+    lineage); ``cascade=True`` re-runs every later night the manifest knows too, oldest first, so they
+    are rebuilt on top of the re-run."""
     from coldstart.spark import get_session
 
-    spark = spark or get_session(settings)
+    dates = list(dates)
+    if cascade:
+        dates += later_nights(settings, dates)
     stages = [s for s in stages if s not in set(skip)]
+    if spark is None and any(needs_spark(s) for s in stages):  # train/score alone need no JVM
+        spark = get_session(settings)
     results = {}
     for day in dates:
         for stage in stages:

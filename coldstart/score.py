@@ -83,7 +83,7 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     reg = registry_row(lake, run_date)
     if reg is None:
         raise ModelMissingError(f"score {run_date}: no model in model_registry for {run_date} (run train first)")
-    ckpt = Checkpoint.load(reg["checkpoint_uri"])
+    ckpt = Checkpoint.load(reg["checkpoint_uri"], expected_checksum=reg["checksum"])  # the model as registered
     version = reg["model_version"]
 
     items = lake.read_pandas("items", columns=["item_id", "title", "active", "first_interaction", "first_seen"])

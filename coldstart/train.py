@@ -1,14 +1,16 @@
 """Train stage: warm start from the checkpoint of D-1 (that date, never "latest"), or full/cold.
 
-* warm: load checkpoint D-1 (verified), grow its id tables, fine-tune on day D (all of it but a
+* warm: load D-1's model as registered (model_registry's checkpoint_uri, verified against its checksum), grow its id tables, fine-tune on day D (all of it but a
   seeded 5 % held out for the validation metrics) plus a seeded, recency-weighted replay sample of
   the week before it (``train_replay_sample`` events; the last days almost whole, older days thinly);
 * full (requested): from scratch on all history up to D;
 * cold: no usable checkpoint of D-1 (missing, or failing its checksum) - from scratch, logged, and
   recorded as ``mode = cold`` in model_registry.
 
-Checkpoint D is written atomically (temporary folder + rename) and a model_registry row with its
-parent is merged by run date, so a rerun replaces rather than adds.
+Checkpoint D is written atomically (temporary folder + rename) and registered with its parent as
+D's ready model (coldstart.registry): a re-run that trains the same model keeps its row; one that
+trains another supersedes the old row but keeps its checkpoint, so the nights built on it keep a
+parent that exists.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from coldstart.config import Settings
 from coldstart.features import (POPULARITY_DAYS, coded_frame, concat_coded, content_vectors, daily_item_counts,
                                 day_numbers, interactions, latest_items, user_content, window_start)
 from coldstart.lake import Lake
-from coldstart.registry import registry_row
+from coldstart.registry import publish_checkpoint, register, registry_row
 
 log = logging.getLogger("coldstart.train")
 
@@ -48,18 +50,22 @@ def checkpoint_dir(settings: Settings, run_date: dt.date) -> Path:
     return Path(settings.models).resolve() / run_date.isoformat()
 
 
-def load_prior(settings: Settings, run_date: dt.date):
-    """Checkpoint of run_date - 1, or (None, why) when there is no usable one."""
+def load_prior(lake: Lake, run_date: dt.date):
+    """The model of run_date - 1 as registered (its ready model_registry row's checkpoint, verified against
+    the row's checksum) as (checkpoint, row, None), or (None, None, why) when there is no usable one."""
     from coldstart.model import Checkpoint, CheckpointError
 
     prior_date = run_date - dt.timedelta(days=1)
-    path = checkpoint_dir(settings, prior_date)
+    row = registry_row(lake, prior_date)
+    if row is None:
+        return None, None, f"no model registered for {prior_date}"
+    path = Path(row["checkpoint_uri"])
     if not path.exists():
-        return None, f"no checkpoint for {prior_date} at {path}"
+        return None, None, f"no checkpoint for {prior_date} at {path} (registered as {row['model_version']})"
     try:
-        return Checkpoint.load(path), None
+        return Checkpoint.load(path, expected_checksum=row["checksum"]), row, None
     except CheckpointError as exc:
-        return None, f"checkpoint {path} is unusable: {exc}"
+        return None, None, f"checkpoint {row['model_version']} at {path} is unusable: {exc}"
 
 
 def _replay_fractions(day_ages: np.ndarray, day_counts: np.ndarray, wanted: int, half_life: float) -> np.ndarray:
@@ -152,7 +158,7 @@ def train(spark, settings: Settings, run_date: dt.date, full_retrain: bool = Fal
 
     lake = Lake.from_settings(settings)
     columns = ["user_id", "item_id", "scene", "value", "event_type", "run_date"]
-    prior, why = (None, "full retrain requested") if full_retrain else load_prior(settings, run_date)
+    prior, parent, why = (None, None, "full retrain requested") if full_retrain else load_prior(lake, run_date)
     items = content_vectors(lake, settings, "item")
     if prior is not None:
         why = _incompatible(prior, settings, items)
@@ -190,15 +196,14 @@ def train(spark, settings: Settings, run_date: dt.date, full_retrain: bool = Fal
     log.info("train %s: mode=%s on %d events (%d users, %d items)%s", run_date, mode, len(events),
              events["user_id"].nunique(), events["item_id"].nunique(), f"; parent {prior.checksum[:8]}" if prior else "")
     ckpt = M.train(data, settings, prior=prior)
-    path = checkpoint_dir(settings, run_date)
-    checksum = ckpt.save(path)
-    parent = registry_row(lake, run_date - dt.timedelta(days=1)) if prior is not None else None
+    path, checksum = publish_checkpoint(ckpt, checkpoint_dir(settings, run_date))
+    parent = parent if prior is not None else None
     version = f"{run_date.isoformat()}-{checksum[:8]}"
     row = {"model_version": version, "run_date": run_date,
            "parent_version": parent["model_version"] if parent else None, "mode": mode,
            "checkpoint_uri": str(path), "checksum": checksum,
            "metrics": json.dumps({**ckpt.metrics, "events": len(events)}, sort_keys=True, default=str),
            "status": "ready", "created_at": dt.datetime.now(dt.timezone.utc)}
-    lake.merge("model_registry", pa.Table.from_pylist([row]))
+    register(lake, row)
     log.info("train %s: model %s (%s) written to %s", run_date, version, mode, path)
     return row

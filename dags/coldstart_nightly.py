@@ -22,7 +22,15 @@ earlier days, so nights run one at a time, oldest first: `max_active_runs=1`, ev
 `depends_on_past`, and `wait_for_previous_night` holds a night until the run with the previous
 logical date has finished. When that run failed, this one fails at once, naming it (and so does every
 later one): clear (re-run) the failed night and then the ones after it; a re-run replaces its day's
-rows. This also serialises backfills, whose own `--max-active-runs` (default 10) Airflow applies
+rows.
+
+**Re-runs.** Each job runs as of its night (interactions up to D, items/users/embeddings at the
+versions night D's ingest and embed left, recorded in `night_manifest`), so clearing an old night
+reproduces it, and the nights after it keep what they were built from. To rebuild them on top of
+the re-run (cascade), clear the range up to the last night (`airflow tasks clear coldstart_nightly
+-s D -e LAST`) or backfill it with `--reprocess-behavior completed`. Two runs of one stage and date
+at once (a retry next to a manual trigger) cannot both commit: the second fails with
+`ConcurrentWriteError` and writes nothing. This also serialises backfills, whose own `--max-active-runs` (default 10) Airflow applies
 instead of the DAG's. Manual runs without a logical date are not chained: they run the day asked for.
 
 **Params** (manual triggers; validated, a bad value refuses the trigger): `run_date`,

@@ -3,11 +3,14 @@
 import datetime as dt
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from coldstart.features import window_start
+from coldstart.catalog import MODEL_REGISTRY
 from coldstart.lake import Lake
 
 
@@ -78,6 +81,11 @@ def test_missing_or_corrupt_checkpoint_trains_cold(tiny_run, spark, tmp_path):
     copy = settings.replace(models=str(tmp_path / "models"), lake=str(tmp_path / "lake"))
     shutil.copytree(settings.lake, copy.lake)
     shutil.copytree(settings.models, copy.models)
+    lake = Lake(copy.lake)  # the copy's registry names the copy's checkpoints
+    rows = lake.read_arrow("model_registry").to_pylist()
+    for r in rows:
+        r["checkpoint_uri"] = r["checkpoint_uri"].replace(str(Path(settings.models).resolve()), str(Path(copy.models).resolve()))
+    lake.merge("model_registry", pa.Table.from_pylist(rows, schema=MODEL_REGISTRY.schema))
     prior = checkpoint_dir(copy, days[1])
     weights = prior / "model.pt"
     weights.write_bytes(weights.read_bytes()[:-10] + b"corrupted!")
