@@ -38,6 +38,11 @@ def _ready(lake, day) -> dict:
     return registry_row(lake, day)
 
 
+def _later_runs(lake, night) -> pd.DataFrame:
+    runs = lake.read_pandas("stage_runs")
+    return runs[runs["run_date"] > night].sort_values(["run_date", "stage"]).reset_index(drop=True)
+
+
 # --- the bookkeeping of every stage ------------------------------------------------------------------
 
 def test_every_stage_of_every_night_has_a_stage_run_and_a_manifest_row(tiny_run):
@@ -180,7 +185,7 @@ def test_a_rerun_of_an_old_night_reproduces_it_and_leaves_later_nights_as_built(
     night = days[1]
     recs, evaluation, model = _recs(lake, night), _evaluation(lake, night), _ready(lake, night)
     later = {d: (_recs(lake, d), _ready(lake, d)) for d in days[2:]}
-    later_runs = lake.read_pandas("stage_runs").query("run_date > @night").sort_values(["run_date", "stage"])
+    later_runs = _later_runs(lake, night)
 
     run_days(settings, [night], spark=spark)
 
@@ -192,8 +197,7 @@ def test_a_rerun_of_an_old_night_reproduces_it_and_leaves_later_nights_as_built(
     for d, (r, m) in later.items():  # no cascade: later nights keep what they were built from
         pd.testing.assert_frame_equal(_recs(lake, d), r)
         assert _ready(lake, d)["model_version"] == m["model_version"]
-    pd.testing.assert_frame_equal(
-        lake.read_pandas("stage_runs").query("run_date > @night").sort_values(["run_date", "stage"]), later_runs)
+    pd.testing.assert_frame_equal(_later_runs(lake, night), later_runs)
     # the re-run's inputs were night 2's: its train read the items version night 2's ingest first left
     manifest = {(r["run_date"], r["stage"]): r for r in lake.read_arrow("night_manifest").to_pylist()}
     assert dict(manifest[(night, "train")]["tables_read"])["items"] < dict(manifest[(days[2], "ingest")]["as_of"])["items"]
@@ -267,7 +271,7 @@ def test_vacuum_keeps_what_reruns_need_and_an_older_rerun_is_refused_by_name(fou
 
     lines = vacuum_lake(settings, retention_days=0)
     assert any(line.startswith("items: removed") for line in lines)
-    with pytest.raises(RetentionError, match=r"needs (items|users) version \d+.*COLDSTART_RETENTION_DAYS=0"):
+    with pytest.raises(RetentionError, match=r"needs (entity_embeddings|items|users) version \d+.*COLDSTART_RETENTION_DAYS=0"):
         run_stage("score", settings.replace(retention_days=0), days[1], spark=spark)
     assert lake.read_arrow("stage_runs", filters=[("run_date", "=", days[1])]).num_rows == 5  # nothing recorded
 
