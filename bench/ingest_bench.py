@@ -85,7 +85,7 @@ def main() -> None:
     for path in day_files(settings.landing, "interactions", cfg.start, required=True):
         c0 = time.process_time()
         rows = sum(batch.num_rows for batch in parse_file("interactions", str(path), rules))
-        validator.append((path.suffix, rows, time.process_time() - c0))
+        validator.append((os.path.splitext(path)[1], rows, time.process_time() - c0))
 
     from coldstart.spark import get_session
 

@@ -32,10 +32,11 @@ def _doc(text: str, default: Any) -> Any:
 @dataclass(frozen=True)
 class Settings:
     # --- locations -----------------------------------------------------------------------
-    landing: str = _doc("Root of the landing zone (one folder per source and day).", "var/landing")
-    lake: str = _doc("Root of the Delta tables: a local path or any URI delta-rs supports.", "var/lake")
-    models: str = _doc("Root of the model checkpoints (one folder per run date).", "var/models")
-    reports: str = _doc("Folder for HTML reports.", "var/reports")
+    landing: str = _doc("Root of the landing zone (one folder per source and day): a local path or s3://bucket/prefix "
+                        "(s3a:// is the same object; credentials from the AWS_* environment).", "var/landing")
+    lake: str = _doc("Root of the Delta tables: a local path or s3://bucket/prefix.", "var/lake")
+    models: str = _doc("Root of the model checkpoints (one folder or prefix per run date): a local path or s3://.", "var/models")
+    reports: str = _doc("Folder for HTML reports: a local path or s3://.", "var/reports")
     # --- spark ---------------------------------------------------------------------------
     spark_master: str = _doc("Spark master URL.", "local[2]")
     spark_shuffle_partitions: int = _doc("spark.sql.shuffle.partitions (keep small locally).", 4)

@@ -92,6 +92,9 @@ def ensure_spark_connection(conn_id: str = "spark_default") -> None:
 
 
 def landing_ready(run_date: str) -> bool:
+    """The sensor's poke: True once ``interactions/date=D/_SUCCESS`` exists in the landing zone (local or
+    ``s3://``). A store that cannot be reached raises (StorageError/OSError): the task fails and Airflow's
+    retries take over, instead of poking a broken endpoint until the timeout."""
     from coldstart.config import Settings
     from coldstart.landing import is_complete
 

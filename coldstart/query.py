@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from coldstart import storage
 from coldstart.catalog import TABLES
 from coldstart.config import Settings
 from coldstart.lake import Lake
 
 
 def duckdb_connection(settings: Settings):
-    """A DuckDB connection with one view per existing table (offline: the delta extension from its wheel)."""
+    """A DuckDB connection with one view per existing table (offline: the delta extension from its wheel).
+
+    For a lake on ``s3://`` the httpfs extension is loaded too, and a session-only S3 secret is made from
+    the standard AWS environment variables (never written to disk)."""
     import duckdb
     import duckdb_ext
 
@@ -20,10 +24,36 @@ def duckdb_connection(settings: Settings):
                                  "autoload_known_extensions": False})
     con.load_extension("delta")
     lake = Lake.from_settings(settings)
+    if storage.is_remote(lake.root):
+        con.load_extension("httpfs")
+        con.execute(_s3_secret_sql())
     for name in TABLES:
         if lake.exists(name):
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM delta_scan('{lake.uri(name)}')")
     return con
+
+
+def _s3_secret_sql() -> str:
+    env = os.environ
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or ""
+    parts = ["TYPE s3"]
+    if env.get("AWS_ACCESS_KEY_ID"):
+        parts += [f"KEY_ID {_quote(env['AWS_ACCESS_KEY_ID'])}", f"SECRET {_quote(env.get('AWS_SECRET_ACCESS_KEY', ''))}"]
+        if env.get("AWS_SESSION_TOKEN"):
+            parts.append(f"SESSION_TOKEN {_quote(env['AWS_SESSION_TOKEN'])}")
+    else:
+        parts.append("PROVIDER credential_chain")
+    parts.append(f"REGION {_quote(env.get('AWS_REGION') or env.get('AWS_DEFAULT_REGION') or 'us-east-1')}")
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        host = host or scheme
+        parts += [f"ENDPOINT {_quote(host.rstrip('/'))}", "URL_STYLE 'path'",
+                  f"USE_SSL {'false' if endpoint.startswith('http://') else 'true'}"]
+    return f"CREATE OR REPLACE TEMPORARY SECRET coldstart_s3 ({', '.join(parts)})"
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
 def run_sql(settings: Settings, sql: str, output: str | None = None):

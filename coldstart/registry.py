@@ -9,14 +9,10 @@ a row whose checkpoint exists (until `coldstart vacuum` removes it, which then s
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import os
-import shutil
-import uuid
-from pathlib import Path
 
 import pyarrow as pa
 
+from coldstart import storage
 from coldstart.catalog import MODEL_REGISTRY
 from coldstart.lake import Lake
 
@@ -27,34 +23,23 @@ def registry_row(lake: Lake, run_date: dt.date) -> dict | None:
     return lake.registered_model(run_date)
 
 
-def _folder_checksum(path: Path) -> str | None:
-    manifest = path / "MANIFEST.json"
-    return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
+def publish_checkpoint(ckpt, home: str) -> tuple[str, str]:
+    """Publish ``ckpt`` and return (location, checksum) without ever replacing a published checkpoint: at
+    ``home`` (``<models>/<run_date>``, a local folder or an ``s3://`` prefix) when nothing is published
+    there, reused when the checkpoint there (or at ``home-<checksum[:12]>``) is the same one, else at
+    ``home-<checksum[:12]>``. A checkpoint the registry names, or that a concurrent run is registering,
+    keeps its files (see :meth:`Checkpoint.save` with ``exclusive=True``)."""
+    from coldstart.model import CheckpointExistsError
 
-
-def publish_checkpoint(ckpt, home: Path) -> tuple[Path, str]:
-    """Save ``ckpt`` and return (folder, checksum) without ever replacing a published folder: written to a
-    temporary sibling first, then renamed to ``home`` (``models/<run_date>``) when that is free, else
-    reused when the folder there (or at ``home-<checksum>``) holds the same checkpoint, else renamed to
-    ``home-<checksum[:12]>``. A folder the registry names, or that a concurrent run is registering,
-    keeps its files."""
-    home.parent.mkdir(parents=True, exist_ok=True)
-    staging = home.parent / f".{home.name}.new-{uuid.uuid4().hex[:12]}"
-    checksum = ckpt.save(staging)
+    home = storage.normalize(str(home))
     try:
-        for target in (home, home.parent / f"{home.name}-{checksum[:12]}"):
-            if _folder_checksum(target) == checksum:
-                return target, checksum
-            if not target.exists():
-                try:
-                    os.rename(staging, target)
-                    return target, checksum
-                except OSError:  # a concurrent run published there first
-                    if _folder_checksum(target) == checksum:
-                        return target, checksum
-        raise RuntimeError(f"cannot publish checkpoint {checksum[:12]}: {home} and its versioned folder are taken")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        return home, ckpt.save(home, exclusive=True)
+    except CheckpointExistsError as taken:
+        versioned = f"{home}-{taken.checksum[:12]}"
+        try:
+            return versioned, ckpt.save(versioned, exclusive=True)
+        except CheckpointExistsError:
+            raise RuntimeError(f"cannot publish checkpoint {taken.checksum[:12]}: {home} and {versioned} are taken") from None
 
 
 def register(lake: Lake, row: dict) -> dict:

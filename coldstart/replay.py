@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from coldstart.landing import mark_complete, day_dir
+from coldstart import storage
+from coldstart.landing import day_uri, mark_complete
 
 log = logging.getLogger("coldstart.replay")
 
@@ -62,11 +63,11 @@ def _rewrite_into_day(day: dt.date, count: int) -> pd.Series:
 
 def replay(landing: str | Path, start: dt.date, days: int = 14, seed: int = 42, source: Path | None = None,
            users_limit: int | None = None) -> ReplayPlan:
-    """Write the sample into ``landing``; returns the calendar. ``users_limit`` keeps a tiny slice (tests)."""
+    """Write the sample into ``landing`` (a local folder or an ``s3://`` prefix); returns the calendar. ``users_limit`` keeps a tiny slice (tests)."""
     if days < 1:
         raise ValueError("days must be at least 1")
     source = Path(source) if source else sample_data_dir()
-    landing = Path(landing)
+    landing = storage.normalize(str(landing))
     plan = ReplayPlan(start, days)
     rng = np.random.default_rng(seed)
 
@@ -100,9 +101,8 @@ def replay(landing: str | Path, start: dt.date, days: int = 14, seed: int = 42, 
             "ts": _rewrite_into_day(day, len(chunk)).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "scene": "default",
         })
-        folder = day_dir(landing, "interactions", day)
-        folder.mkdir(parents=True, exist_ok=True)
-        out.to_csv(folder / "part-0.csv", index=False)
+        folder = day_uri(landing, "interactions", day)
+        storage.write_text(storage.join(folder, "part-0.csv"), out.to_csv(index=False))
         mark_complete(folder)
 
     # --- catalog ---------------------------------------------------------------------------
@@ -132,11 +132,9 @@ def replay(landing: str | Path, start: dt.date, days: int = 14, seed: int = 42, 
             per_day.setdefault(change_day, []).append(_catalog_row(movie_id, row["title"], genre_tags + user_tags,
                                                                    plan.day(change_day)))
     for index in range(days + 1):
-        folder = day_dir(landing, "items", plan.day(index))
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / "part-0.jsonl").open("w") as fh:
-            for record in per_day.get(index, []):
-                fh.write(json.dumps(record) + "\n")
+        folder = day_uri(landing, "items", plan.day(index))
+        storage.write_text(storage.join(folder, "part-0.jsonl"),
+                           "".join(json.dumps(record) + "\n" for record in per_day.get(index, [])))
         mark_complete(folder)
     log.info("replay: %d events (%d bootstrap) over %s .. %s, %d items", n, n_boot, plan.day(0), plan.day(days), len(movies))
     return plan

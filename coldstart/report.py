@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
+from coldstart import storage
 from coldstart.config import Settings
 from coldstart.lake import Lake
 
@@ -33,8 +34,9 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 SLICES = ("all", "cold_users", "warm_users", "cold_items", "cold_only")
 
 
-def default_path(settings: Settings) -> Path:
-    return Path(settings.reports) / "report.html"
+def default_path(settings: Settings) -> str:
+    """``<reports>/report.html`` (a local path or an object-store URI)."""
+    return storage.join(storage.normalize(settings.reports), "report.html")
 
 
 def list_stats(lake: Lake) -> pd.DataFrame:
@@ -206,12 +208,10 @@ def render(lake: Lake) -> str:
             f"<p class='note'>Lake {html.escape(lake.root)}; generated {generated}.</p>{body}</body></html>")
 
 
-def write_report(settings: Settings, output: str | Path | None = None) -> Path:
-    """Render the report from the lake and write it (default: settings.reports/report.html) atomically."""
-    path = Path(output) if output else default_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render(Lake.from_settings(settings)), encoding="utf-8")
-    tmp.replace(path)
+def write_report(settings: Settings, output: str | Path | None = None) -> str:
+    """Render the report from the lake and write it (default: settings.reports/report.html) atomically
+    (a reader sees the old report or the new one); returns where it went."""
+    path = storage.normalize(str(output)) if output else default_path(settings)
+    storage.write_text(path, render(Lake.from_settings(settings)))
     log.info("report written to %s", path)
     return path

@@ -19,12 +19,12 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from coldstart import storage
 from coldstart.catalog import INTERACTIONS
 from coldstart.config import Settings
 from coldstart.features import (POPULARITY_DAYS, coded_frame, concat_coded, content_vectors, daily_item_counts,
@@ -46,8 +46,10 @@ class NoTrainingDataError(RuntimeError):
     pass
 
 
-def checkpoint_dir(settings: Settings, run_date: dt.date) -> Path:
-    return Path(settings.models).resolve() / run_date.isoformat()
+def checkpoint_dir(settings: Settings, run_date: dt.date) -> str:
+    """Where the checkpoint of ``run_date`` is published: ``<models>/<YYYY-MM-DD>`` (a local folder or an
+    object-store prefix)."""
+    return storage.join(storage.normalize(settings.models), run_date.isoformat())
 
 
 def load_prior(lake: Lake, run_date: dt.date):
@@ -59,8 +61,8 @@ def load_prior(lake: Lake, run_date: dt.date):
     row = registry_row(lake, prior_date)
     if row is None:
         return None, None, f"no model registered for {prior_date}"
-    path = Path(row["checkpoint_uri"])
-    if not path.exists():
+    path = row["checkpoint_uri"]
+    if not storage.exists(storage.join(path, "MANIFEST.json")):
         return None, None, f"no checkpoint for {prior_date} at {path} (registered as {row['model_version']})"
     try:
         return Checkpoint.load(path, expected_checksum=row["checksum"]), row, None

@@ -231,12 +231,12 @@ def spark_cluster(session_dir):
     try:
         start("master", "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(master_port),
               "--webui-port", str(master_ui))
-        _wait_for(lambda: _http_json(f"http://127.0.0.1:{master_ui}/json/") is not None, 60, "the Spark master")
+        _wait_for(lambda: _http_json(f"http://127.0.0.1:{master_ui}/json/") is not None, 180, "the Spark master")
         for i in (1, 2):
             start(f"worker{i}", "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1", "--cores", "1",
                   "--memory", "1g", "--webui-port", str(free_port()), "--work-dir", str(session_dir / f"spark-work{i}"), url)
         _wait_for(lambda: len([w for w in (_http_json(f"http://127.0.0.1:{master_ui}/json/") or {}).get("workers", [])
-                               if w.get("state") == "ALIVE"]) == 2, 90, "two Spark workers")
+                               if w.get("state") == "ALIVE"]) == 2, 300, "two Spark workers")
         yield url
     finally:
         for proc, out in reversed(procs):
@@ -269,3 +269,49 @@ def _wait_for(ready, timeout: float, what: str) -> None:
             return
         time.sleep(0.5)
     raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def s3_night(spark, s3_endpoint):
+    """Two full nights (bootstrap day and the next, ingest -> evaluate) with landing, lake, models and reports
+    all on s3:// of the moto endpoint; the replay itself is written to the bucket."""
+    from coldstart.pipeline import run_days
+    from coldstart.replay import replay
+
+    root = f"s3://{S3_BUCKET}/night"
+    settings = make_settings(Path("/nonexistent"), landing=f"{root}/landing", lake=f"{root}/lake",
+                             models=f"{root}/models", reports=f"{root}/reports", baselines=False)
+    plan = replay(settings.landing, START, days=2, users_limit=15)
+    days = plan.all_days[:2]
+    results = run_days(settings, days, spark=spark)
+    return settings, plan, days, results
+
+
+@pytest.fixture(scope="session")
+def cluster_night(spark_cluster, spark, session_dir):
+    """The bootstrap night of a small replay run twice on one landing zone: as ``coldstart run`` against the
+    standalone cluster (a fresh driver process, Spark's event log on), and in-process on local[2].
+    Yields (cluster settings, local settings, day, event log folder)."""
+    from coldstart.pipeline import run_days
+    from coldstart.replay import replay
+
+    root = session_dir / "cluster_night"
+    base = dict(landing=str(root / "landing"), baselines=False)
+    on_cluster = make_settings(root / "cluster", **base)
+    on_local = make_settings(root / "local", **base)
+    plan = replay(on_cluster.landing, START, days=1, users_limit=15)
+    day = plan.all_days[0]
+    events = root / "events"
+    events.mkdir(parents=True)
+    env = {**os.environ, **NIGHT_ENV, "COLDSTART_LANDING": on_cluster.landing, "COLDSTART_LAKE": on_cluster.lake,
+           "COLDSTART_MODELS": on_cluster.models, "COLDSTART_REPORTS": on_cluster.reports, "COLDSTART_BASELINES": "false",
+           "COLDSTART_SPARK_MASTER": spark_cluster, "COLDSTART_SPARK_DRIVER_MEMORY": "1g",
+           # Spark 4 rolls and zstd-compresses event logs by default: one plain JSON file is what the test reads.
+           "PYSPARK_SUBMIT_ARGS": f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir=file://{events} "
+                                  "--conf spark.eventLog.compress=false --conf spark.eventLog.rolling.enabled=false "
+                                  "--conf spark.executor.memory=768m --conf spark.executor.cores=1 pyspark-shell"}
+    done = subprocess.run([sys.executable, "-m", "coldstart.cli", "run", "--date", day.isoformat()], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    run_days(on_local, [day], spark=spark)
+    return on_cluster, on_local, day, events

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,7 @@ from coldstart.config import Settings
 from coldstart.model import (
     Checkpoint,
     CheckpointError,
+    checkpoint_files,
     TrainingData,
     grow,
     item_vectors,
@@ -227,8 +229,10 @@ def test_checkpoint_round_trip_and_overwrite(ckpt, tmp_path):
     path = tmp_path / "models" / "2024-01-02"
     checksum = ckpt.save(path)
     assert len(checksum) == 64 and ckpt.checksum == checksum
-    assert sorted(p.name for p in path.iterdir()) == ["MANIFEST.json", "config.json", "ids.json", "metrics.json",
-                                                     "model.pt"]
+    files = checkpoint_files(path)
+    assert sorted(files) == ["MANIFEST.json", "config.json", "ids.json", "metrics.json", "model.pt"]
+    # the files sit under one content-named prefix; the manifest at the top publishes them
+    assert sorted(p.name for p in path.iterdir()) == ["MANIFEST.json", Path(files["model.pt"]).parent.name]
     loaded = Checkpoint.load(path, expected_checksum=checksum)
     assert loaded.checksum == checksum
     assert loaded.user_index == ckpt.user_index and loaded.item_index == ckpt.item_index
@@ -242,6 +246,7 @@ def test_checkpoint_round_trip_and_overwrite(ckpt, tmp_path):
     other = grown.save(path)
     assert other != checksum and Checkpoint.load(path).user_index == grown.user_index
     assert sorted(p.name for p in path.parent.iterdir()) == ["2024-01-02"]
+    assert len(list(path.iterdir())) == 2  # the replaced prefix is gone
     with pytest.raises(CheckpointError):
         Checkpoint.load(path, expected_checksum=checksum)
 
@@ -250,13 +255,14 @@ def test_checkpoint_round_trip_and_overwrite(ckpt, tmp_path):
 def test_corrupt_checkpoint_is_never_loaded(ckpt, tmp_path, damage):
     path = tmp_path / "ck"
     ckpt.save(path)
+    files = {name: Path(uri) for name, uri in checkpoint_files(path).items()}
     if damage.startswith("flip_"):
-        target = path / ("model.pt" if damage == "flip_model" else "ids.json")
+        target = files["model.pt" if damage == "flip_model" else "ids.json"]
         raw = bytearray(target.read_bytes())
         raw[len(raw) // 2] ^= 0x01
         target.write_bytes(bytes(raw))
     elif damage == "delete_metrics":
-        (path / "metrics.json").unlink()
+        files["metrics.json"].unlink()
     elif damage == "delete_manifest":
         (path / "MANIFEST.json").unlink()
     else:
@@ -469,3 +475,36 @@ def test_yesterdays_popularity_is_learned_where_ids_cannot_tell(world):
                         item_day_counts=counts)
     ckpt = train(data, _settings(train_learning_rate=0.03, train_epochs_full=10))
     assert float(ckpt.model.pop_weight.detach()) > 0.2
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_crash_before_the_manifest_leaves_the_published_checkpoint(ckpt, tmp_path, where, request, monkeypatch):
+    """Publishing is the manifest's one atomic put: a save that dies before it changes nothing a reader sees
+    (on S3 there is no rename to lean on)."""
+    from coldstart import storage
+
+    if where == "s3":
+        request.getfixturevalue("s3_endpoint")
+        root = f"s3://coldstart/ckpt-{tmp_path.name}/2024-01-02"
+    else:
+        root = str(tmp_path / "2024-01-02")
+    checksum = ckpt.save(root)
+    assert storage.read_bytes(checkpoint_files(root)["MANIFEST.json"])
+    grown = grow(ckpt, ["late-user"], [], [])
+    real = storage.write_bytes
+
+    def crash(uri, data, **kwargs):
+        if uri.endswith("MANIFEST.json"):
+            raise OSError("killed before publishing")
+        real(uri, data, **kwargs)
+
+    monkeypatch.setattr(storage, "write_bytes", crash)
+    with pytest.raises(OSError, match="killed"):
+        grown.save(root)
+    monkeypatch.undo()
+    loaded = Checkpoint.load(root, expected_checksum=checksum)
+    assert loaded.user_index == ckpt.user_index
+    assert Checkpoint.load(root).checksum == checksum
+    # nothing published at a date never saved
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        Checkpoint.load(root.replace("2024-01-02", "2024-01-03"))

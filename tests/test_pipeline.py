@@ -75,6 +75,7 @@ def test_rerun_of_a_night_changes_nothing(tiny_run, spark):
 
 
 def test_missing_or_corrupt_checkpoint_trains_cold(tiny_run, spark, tmp_path):
+    from coldstart.model import checkpoint_files
     from coldstart.train import checkpoint_dir, train
 
     settings, plan, days, _ = tiny_run
@@ -87,7 +88,7 @@ def test_missing_or_corrupt_checkpoint_trains_cold(tiny_run, spark, tmp_path):
         r["checkpoint_uri"] = r["checkpoint_uri"].replace(str(Path(settings.models).resolve()), str(Path(copy.models).resolve()))
     lake.merge("model_registry", pa.Table.from_pylist(rows, schema=MODEL_REGISTRY.schema))
     prior = checkpoint_dir(copy, days[1])
-    weights = prior / "model.pt"
+    weights = Path(checkpoint_files(prior)["model.pt"])
     weights.write_bytes(weights.read_bytes()[:-10] + b"corrupted!")
     row = train(spark, copy, days[2])
     assert row["mode"] == "cold" and row["parent_version"] is None

@@ -1,6 +1,7 @@
 """`coldstart report`: one self-contained HTML page from the lake."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -45,7 +46,7 @@ def test_coverage_and_new_share_match_the_lists(tiny_run):
 
 
 def test_report_of_an_empty_lake_says_there_is_no_data(settings):
-    page = write_report(settings).read_text()
+    page = Path(write_report(settings)).read_text()
     assert page.count("no data yet") == 7 and not EXTERNAL.search(page)
 
 

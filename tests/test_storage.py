@@ -97,13 +97,18 @@ def _ddl(t: pa.DataType) -> str:
 
 
 _WRITER = """
-import sys, pyarrow as pa, datetime as dt
+import sys, time, pyarrow as pa, datetime as dt
 from coldstart.lake import Lake
-lake = Lake(sys.argv[1])
-who = sys.argv[2]
-lake.append_once("quarantine", pa.table({
-    "run_date": [dt.date(2024, 1, 1)], "source": ["interactions"], "source_file": [who], "line": [1],
-    "raw": [who], "reason": ["test"], "detail": [who], "ingested_at": [dt.datetime(2024, 1, 2)]}), txn_id=who)
+lake, who, mode = Lake(sys.argv[1]), sys.argv[2], sys.argv[3]
+rows = pa.table({
+    "run_date": [dt.date(2024, 1, 1)] * 2, "source": ["interactions"] * 2, "source_file": [who] * 2, "line": [1, 2],
+    "raw": [who] * 2, "reason": ["test"] * 2, "detail": [who] * 2, "ingested_at": [dt.datetime(2024, 1, 2)] * 2})
+if len(sys.argv) > 4:
+    time.sleep(max(0.0, float(sys.argv[4]) - time.time()))  # both processes start their write together
+if mode == "append":
+    lake.append_once("quarantine", rows, txn_id=who)
+else:
+    lake.replace_partition("quarantine", rows, run_date=dt.date(2024, 1, 1))
 print("committed", who)
 """
 
@@ -117,15 +122,38 @@ def test_two_concurrent_writers_never_lose_a_commit(s3_endpoint, tmp_path):
     script.write_text(_WRITER)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     procs = [subprocess.Popen([sys.executable, "-c", f"import subprocess,sys\nfor i in range(3): "
-                               f"subprocess.run([sys.executable, {str(script)!r}, {lake.root!r}, '{w}-%d' % i], check=True)"],
+                               f"subprocess.run([sys.executable, {str(script)!r}, {lake.root!r}, '{w}-%d' % i, 'append'], check=True)"],
                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for w in ("a", "b")]
     outs = [p.communicate(timeout=300) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     table = DeltaTable(lake.uri("quarantine"), storage_options=lake.storage_options)
     assert sorted(table.to_pyarrow_table().column("source_file").to_pylist()) == sorted(
-        [f"{w}-{i}" for w in "ab" for i in range(3)])
+        [f"{w}-{i}" for w in "ab" for i in range(3) for _ in range(2)])
     versions = [h["version"] for h in table.history()]
     assert sorted(versions) == list(range(len(versions)))  # one commit per version, none overwritten
+
+
+def test_two_concurrent_replacements_of_one_partition_end_in_one_writers_rows(s3_endpoint, tmp_path):
+    """Both replace the same partition at the same moment: each either commits (the later one replacing
+    the earlier) or fails with a concurrency error; the partition holds exactly one writer's rows."""
+    lake = Lake(_prefix("conflict"))
+    lake.ensure("quarantine")
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    at = str(time.time() + 8)  # past both interpreters' imports
+    procs = [subprocess.Popen([sys.executable, str(script), lake.root, who, "replace", at], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for who in ("a", "b")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    failed = [err for p, (_, err) in zip(procs, outs) if p.returncode != 0]
+    assert len(failed) <= 1, outs
+    for err in failed:
+        assert "Commit" in err and ("oncurrent" in err or "onflict" in err), err[-2000:]
+    table = DeltaTable(lake.uri("quarantine"), storage_options=lake.storage_options)
+    writers = set(table.to_pyarrow_table().column("source_file").to_pylist())
+    assert len(writers) == 1 and table.to_pyarrow_table().num_rows == 2
+    versions = [h["version"] for h in table.history()]
+    assert sorted(versions) == list(range(len(versions))) and len(versions) == 1 + 2 - len(failed)
 
 
 def test_unreachable_endpoint_fails_fast(monkeypatch, s3_endpoint):

@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from coldstart import storage
 from coldstart.ingest.contract import FIELDS, INVALID_UTF8, MALFORMED
 
 # Rows per validated batch. 10k keeps a worker's peak at about 170 MB on a 250k-line JSONL file (300 MB at
@@ -39,7 +40,7 @@ class RawBatch:
 
 def _text_lines(path: str) -> Iterator[tuple[int, str | None, bytes]]:
     """(line number, decoded text or None when not UTF-8, raw bytes) of each non-blank line."""
-    with open(path, "rb") as fh:
+    with storage.open_lines(path) as fh:
         for number, raw in enumerate(fh, start=1):
             raw = raw.rstrip(b"\r\n")
             if not raw.strip():
@@ -160,17 +161,20 @@ def _read_parquet(path: str, fields: tuple[str, ...]) -> Iterator[RawBatch]:
     import pyarrow.parquet as pq
 
     number = 0
-    try:
-        reader = pq.ParquetFile(path)
-        present = [f for f in fields if f in reader.schema_arrow.names]
-        for rb in reader.iter_batches(batch_size=BATCH_ROWS, columns=present):
-            n = rb.num_rows
-            columns = {f: _column_values(rb.column(f)) if f in present else [None] * n for f in fields}
-            yield RawBatch(np.arange(number + 1, number + 1 + n, dtype=np.int64), columns, [None] * n, [None] * n)
-            number += n
-    except (OSError, pa.ArrowException) as exc:
-        yield RawBatch(np.array([number + 1], dtype=np.int64), {f: [None] for f in fields}, [MALFORMED],
-                       [f"unreadable Parquet from row {number + 1} on: {exc}"], [f"<{path}>"])
+    # Opening is outside the try: a store that cannot be read fails the task (Spark and Airflow retry it)
+    # instead of turning a good file into a quarantine row.
+    with storage.open_input(path) as fh:
+        try:
+            reader = pq.ParquetFile(fh)
+            present = [f for f in fields if f in reader.schema_arrow.names]
+            for rb in reader.iter_batches(batch_size=BATCH_ROWS, columns=present):
+                n = rb.num_rows
+                columns = {f: _column_values(rb.column(f)) if f in present else [None] * n for f in fields}
+                yield RawBatch(np.arange(number + 1, number + 1 + n, dtype=np.int64), columns, [None] * n, [None] * n)
+                number += n
+        except (OSError, pa.ArrowException) as exc:
+            yield RawBatch(np.array([number + 1], dtype=np.int64), {f: [None] for f in fields}, [MALFORMED],
+                           [f"unreadable Parquet from row {number + 1} on: {exc}"], [f"<{path}>"])
 
 
 def read_file(path: str, source: str) -> Iterator[RawBatch]:

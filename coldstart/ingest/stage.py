@@ -10,6 +10,7 @@ from typing import Iterator
 
 import pyarrow as pa
 
+from coldstart import storage
 from coldstart.config import Settings
 from coldstart.ingest.contract import COMMON_DDL, PARSED_DDL, AuditError, Rules
 from coldstart.ingest.validate import parse_file
@@ -19,8 +20,12 @@ log = logging.getLogger("coldstart.ingest")
 
 
 def _parse_files(source: str, rules: Rules, paths: list[str]):
-    """mapInArrow function over spark.range(len(paths)): each input id names one file."""
+    """mapInArrow function over spark.range(len(paths)): each input id names one file (a path or a URI the
+    executor opens through coldstart.storage, with the driver's AWS settings shipped in the closure)."""
+    env = storage.worker_env()
+
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        storage.adopt(env)
         for ids in batches:
             for file_id in ids.column(0).to_pylist():
                 yield from parse_file(source, paths[file_id], rules)
@@ -72,7 +77,7 @@ def ingest(spark, settings: Settings, run_date: dt.date) -> dict:
     lake = Lake.from_settings(settings)
     rules = Rules.from_settings(settings, run_date)
     files = {s: day_files(settings.landing, s, run_date, required=(s == "interactions")) for s in SOURCES}
-    paths = {s: [str(p.resolve()) for p in (files[s] or [])] for s in SOURCES}
+    paths = {s: list(files[s] or []) for s in SOURCES}
     day = F.lit(run_date).cast("date")
     now = F.current_timestamp()
     cached = []

@@ -54,10 +54,11 @@ bit, new user/item rows zero, new scene rows = mean of the known scenes) and fin
 of entities absent from the new data are not touched at all (sparse optimiser). Without a prior it
 trains from scratch.
 
-Checkpoints (:class:`Checkpoint`) are folders ``model.pt`` (state dict), ``ids.json``,
-``config.json``, ``metrics.json`` and ``MANIFEST.json`` (sha256 of each file); the checkpoint's
-checksum is the sha256 of ``MANIFEST.json``. They are written to a temporary sibling folder and
-renamed into place; loading verifies every hash and raises :class:`CheckpointError` on any problem.
+Checkpoints (:class:`Checkpoint`) live at a local folder or an ``s3://`` prefix: ``model.pt`` (state
+dict), ``ids.json``, ``config.json`` and ``metrics.json`` under a content-named ``v-<hash>/``, and
+``MANIFEST.json`` (the prefix and the sha256 of each file), written last in one atomic put, publishes
+them; the checkpoint's checksum is the sha256 of ``MANIFEST.json``. Loading verifies every hash and
+raises :class:`CheckpointError` on any problem.
 
 Content vectors (``item_content`` / ``user_content`` arguments) are given as a mapping
 ``id -> vector`` (canonical: ``dict[str, np.ndarray]`` of float32). A :class:`pandas.Series` of
@@ -73,7 +74,8 @@ no wall-clock value is stored in the checkpoint.
 from __future__ import annotations
 
 from coldstart.features import POPULARITY_HALF_LIFE_DAYS, pool_user_content, recent_popularity
-from coldstart.model.checkpoint import FORMAT_VERSION, Checkpoint, CheckpointError, grow
+from coldstart.model.checkpoint import (FORMAT_VERSION, Checkpoint, CheckpointError, CheckpointExistsError,
+                                        checkpoint_files, grow)
 from coldstart.model.inference import INFERENCE_BLOCK, item_vectors, user_vectors
 from coldstart.model.network import HistoryBags, InterestModel
 from coldstart.model.training import (NEGATIVES_PER_BATCH, NEGATIVES_PER_POSITIVE, VALIDATION_FRACTION,
@@ -83,9 +85,11 @@ from coldstart.vectors import DEFAULT_CONTENT_DIM
 
 __all__ = [
     "CheckpointError",
+    "CheckpointExistsError",
     "TrainingData",
     "InterestModel",
     "Checkpoint",
+    "checkpoint_files",
     "HistoryBags",
     "pool_user_content",
     "recent_popularity",

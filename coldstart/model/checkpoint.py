@@ -1,19 +1,25 @@
-"""Checkpoint folders (write atomically, load verified) and growing a checkpoint's id tables for transfer.
+"""Checkpoints (published atomically, loaded verified) and growing a checkpoint's id tables for transfer.
 
-A checkpoint is a folder of ``model.pt`` (state dict), ``ids.json``, ``config.json``, ``metrics.json``
-and ``MANIFEST.json`` (sha256 of each file); the checkpoint's checksum is the sha256 of
-``MANIFEST.json``.
+A checkpoint lives at a location :mod:`coldstart.storage` resolves (a local folder or an ``s3://``
+prefix): its files ``model.pt`` (state dict), ``ids.json``, ``config.json`` and ``metrics.json`` sit
+under a content-named sub-prefix ``v-<hash>/``, and ``MANIFEST.json`` at the top names that prefix and
+each file's sha256. The manifest is written last, as one small object (S3 has no rename; a single PUT
+is atomic, and locally it is a temp file renamed into place): it is the publication. A reader that
+finds no manifest finds no checkpoint; a crash before it leaves the previous manifest (or none) in
+force, so D-1's chain is never broken. The checkpoint's checksum is the sha256 of ``MANIFEST.json``,
+which model_registry records and score verifies. A manifest without ``prefix`` (an older, flat
+checkpoint folder) still loads.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
 import os
-import shutil
-import uuid
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -21,7 +27,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import torch
 
-from coldstart import idmap
+from coldstart import idmap, storage
 from coldstart.model.network import InterestModel, build_model
 
 log = logging.getLogger("coldstart.model")
@@ -33,6 +39,14 @@ _MANIFEST = "MANIFEST.json"
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt (checksum mismatch), unreadable or incompatible."""
+
+
+class CheckpointExistsError(CheckpointError):
+    """``save(exclusive=True)``: another checkpoint is published there; ``checksum`` is the one not written."""
+
+    def __init__(self, message: str, checksum: str):
+        super().__init__(message)
+        self.checksum = checksum
 
 
 def _sha256_file(path: Path) -> str:
@@ -69,20 +83,6 @@ def index_list(index: Mapping[str, int]) -> list[str]:
     return keys  # type: ignore[return-value]
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-
 @dataclass
 class Checkpoint:
     model: InterestModel
@@ -94,7 +94,8 @@ class Checkpoint:
     checksum: str | None = None   # sha256 of MANIFEST.json; set by save() and load()
 
     # -- writing -----------------------------------------------------------------------------
-    def _write_files(self, folder: Path) -> str:
+    def _write_files(self, folder: Path) -> dict[str, str]:
+        """Write the checkpoint's files into a local folder; return the sha256 of each."""
         state = {k: v.detach().cpu().contiguous().clone() for k, v in self.model.state_dict().items()}
         torch.save(state, folder / "model.pt")
         ids = {"users": index_list(self.user_index), "items": index_list(self.item_index),
@@ -102,89 +103,93 @@ class Checkpoint:
         (folder / "ids.json").write_bytes(_json_bytes(ids))
         (folder / "config.json").write_bytes(_json_bytes(json_safe(self.config)))
         (folder / "metrics.json").write_bytes(_json_bytes(json_safe(self.metrics)))
-        manifest = {"format": FORMAT_VERSION, "files": {name: _sha256_file(folder / name) for name in _FILES}}
-        data = _json_bytes(manifest)
-        (folder / _MANIFEST).write_bytes(data)
-        for name in (*_FILES, _MANIFEST):
-            with (folder / name).open("rb") as fh:
-                os.fsync(fh.fileno())
-        _fsync_dir(folder)
-        return hashlib.sha256(data).hexdigest()
+        return {name: _sha256_file(folder / name) for name in _FILES}
 
-    def save(self, path: str | os.PathLike) -> str:
-        """Write atomically to ``path`` (a folder); return the checksum (sha256 of the manifest).
+    def save(self, path: str | os.PathLike, exclusive: bool = False) -> str:
+        """Publish the checkpoint at ``path`` (a local folder or an object-store prefix); return its checksum
+        (sha256 of the manifest).
 
-        Files go to a temporary sibling folder first, which is then renamed to ``path``. An existing
-        ``path`` (re-run of the same date) is first renamed aside and deleted after the swap, so a
-        reader sees either the old or the new complete checkpoint (or, for an instant, none); never
-        a partial one.
-        """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        token = uuid.uuid4().hex[:12]
-        tmp = path.parent / f".{path.name}.tmp-{token}"
-        old = path.parent / f".{path.name}.old-{token}"
-        tmp.mkdir()
+        The files go under a new sub-prefix named by their content, then ``MANIFEST.json`` naming it is
+        written in one atomic put: a reader sees the previous complete checkpoint or the new one, never a
+        part. Prefixes the new manifest does not name (a replaced run of the same date) are deleted after
+        publication. The same content gives the same prefix, manifest and checksum.
+
+        ``exclusive``: never replace another published checkpoint. The same one already there is reused
+        (nothing written); a different one raises :class:`CheckpointExistsError`. Locally the manifest is
+        created with a hard link, which fails if a concurrent writer got there first; on S3 the check and
+        the put are two requests (one run per date and stage is the scheduler's rule)."""
+        root = storage.normalize(str(path))
+        manifest_uri = storage.join(root, _MANIFEST)
+        with tempfile.TemporaryDirectory(prefix="coldstart-ckpt-") as tmp:
+            files = self._write_files(Path(tmp))
+            prefix = "v-" + hashlib.sha256(_json_bytes(files)).hexdigest()[:16]
+            data = _json_bytes({"format": FORMAT_VERSION, "prefix": prefix, "files": files})
+            checksum = hashlib.sha256(data).hexdigest()
+            if exclusive and storage.exists(manifest_uri):
+                if hashlib.sha256(storage.read_bytes(manifest_uri)).hexdigest() == checksum:
+                    self.checksum = checksum
+                    return checksum
+                raise CheckpointExistsError(f"{root}: another checkpoint is published there", checksum)
+            try:
+                for name in _FILES:
+                    storage.copy_file(str(Path(tmp) / name), storage.join(root, prefix, name))
+            except BaseException:
+                storage.delete(storage.join(root, prefix))
+                raise
         try:
-            checksum = self._write_files(tmp)
-            if path.exists():
-                os.rename(path, old)
-                try:
-                    os.rename(tmp, path)
-                except BaseException:
-                    os.rename(old, path)
-                    raise
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, path)
-            _fsync_dir(path.parent)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            storage.write_bytes(manifest_uri, data, exclusive=exclusive)  # the publication
+        except FileExistsError:
+            raise CheckpointExistsError(f"{root}: a concurrent run published another checkpoint there", checksum) from None
+        for entry in storage.list_dir(root):
+            if entry.name != _MANIFEST and entry.name != prefix and (entry.name.startswith("v-") or entry.name in _FILES):
+                storage.delete(entry.uri)
         self.checksum = checksum
-        log.info("checkpoint written to %s (checksum %s)", path, checksum[:12])
+        log.info("checkpoint published at %s (checksum %s)", root, checksum[:12])
         return checksum
 
     # -- reading -----------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | os.PathLike, expected_checksum: str | None = None) -> "Checkpoint":
-        """Load and verify a checkpoint folder; any problem raises :class:`CheckpointError`.
+        """Load and verify the checkpoint published at ``path``; any problem raises :class:`CheckpointError`.
 
         ``expected_checksum`` (e.g. from model_registry) must then equal the manifest's sha256.
         """
-        path = Path(path)
-        if not path.is_dir():
-            raise CheckpointError(f"no checkpoint at {path}")
+        root = storage.normalize(str(path))
         try:
-            manifest_bytes = (path / _MANIFEST).read_bytes()
-        except OSError as exc:
-            raise CheckpointError(f"{path}: cannot read {_MANIFEST}: {exc}") from None
+            manifest_bytes = storage.read_bytes(storage.join(root, _MANIFEST))
+        except (OSError, FileNotFoundError):
+            if not storage.exists(root):
+                raise CheckpointError(f"no checkpoint at {root}") from None
+            raise CheckpointError(f"{root}: no {_MANIFEST} (never published, or a write crashed before it)") from None
         checksum = hashlib.sha256(manifest_bytes).hexdigest()
         if expected_checksum is not None and checksum != expected_checksum:
-            raise CheckpointError(f"{path}: checksum {checksum} differs from the expected {expected_checksum}")
+            raise CheckpointError(f"{root}: checksum {checksum} differs from the expected {expected_checksum}")
         try:
             manifest = json.loads(manifest_bytes)
             files = manifest["files"]
             fmt = manifest["format"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{path}: unreadable manifest: {exc}") from None
+            prefix = manifest.get("prefix", "")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{root}: unreadable manifest: {exc}") from None
         if fmt != FORMAT_VERSION:
-            raise CheckpointError(f"{path}: checkpoint format {fmt!r}, expected {FORMAT_VERSION}")
+            raise CheckpointError(f"{root}: checkpoint format {fmt!r}, expected {FORMAT_VERSION}")
         if not isinstance(files, dict) or set(files) != set(_FILES):
-            raise CheckpointError(f"{path}: manifest lists {sorted(files) if isinstance(files, dict) else files}, "
+            raise CheckpointError(f"{root}: manifest lists {sorted(files) if isinstance(files, dict) else files}, "
                                   f"expected {sorted(_FILES)}")
+        base = storage.join(root, prefix) if prefix else root
+        blobs = {}
         for name in _FILES:
-            target = path / name
-            if not target.is_file():
-                raise CheckpointError(f"{path}: missing {name}")
-            digest = _sha256_file(target)
-            if digest != files[name]:
-                raise CheckpointError(f"{path}: checksum mismatch in {name}")
+            try:
+                blobs[name] = storage.read_bytes(storage.join(base, name))
+            except (OSError, FileNotFoundError):
+                raise CheckpointError(f"{root}: missing {name}") from None
+            if hashlib.sha256(blobs[name]).hexdigest() != files[name]:
+                raise CheckpointError(f"{root}: checksum mismatch in {name}")
         try:
-            ids = json.loads((path / "ids.json").read_bytes())
-            config = json.loads((path / "config.json").read_bytes())
-            metrics = json.loads((path / "metrics.json").read_bytes())
-            state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+            ids = json.loads(blobs["ids.json"])
+            config = json.loads(blobs["config.json"])
+            metrics = json.loads(blobs["metrics.json"])
+            state = torch.load(io.BytesIO(blobs["model.pt"]), map_location="cpu", weights_only=True)
             user_index = {k: i for i, k in enumerate(ids["users"])}
             item_index = {k: i for i, k in enumerate(ids["items"])}
             scene_index = {k: i for i, k in enumerate(ids["scenes"])}
@@ -193,10 +198,18 @@ class Checkpoint:
         except CheckpointError:
             raise
         except Exception as exc:  # noqa: BLE001 - any parse/shape problem means an unusable checkpoint
-            raise CheckpointError(f"{path}: cannot load: {type(exc).__name__}: {exc}") from None
+            raise CheckpointError(f"{root}: cannot load: {type(exc).__name__}: {exc}") from None
         model.eval()
         return cls(model=model, user_index=user_index, item_index=item_index, scene_index=scene_index,
                    config=config, metrics=metrics, checksum=checksum)
+
+
+def checkpoint_files(path: str | os.PathLike) -> dict[str, str]:
+    """The URIs of the files the published manifest at ``path`` names (for tools and tests)."""
+    root = storage.normalize(str(path))
+    manifest = json.loads(storage.read_bytes(storage.join(root, _MANIFEST)))
+    base = storage.join(root, manifest["prefix"]) if manifest.get("prefix") else root
+    return {name: storage.join(base, name) for name in manifest["files"]} | {_MANIFEST: storage.join(root, _MANIFEST)}
 
 
 def _extend_index(index: Mapping[str, int], ids: Iterable[Any]) -> tuple[dict[str, int], list[str]]:
