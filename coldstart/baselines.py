@@ -1,23 +1,32 @@
-"""Baselines evaluated on the same protocol as the model.
+"""Baselines evaluated on the same protocol as the model, each with its parameters (``params``).
 
 Every baseline is fitted on the events of the active window up to the list date D-1 (``active_days``
-run dates ending at D-1, the history the model's lists of D-1 could see), ranks only items that are
-active on D-1 (new ones too), and excludes what each target user consumed before D, exactly like
-the model's lists. Ties (e.g. items a collaborative method knows nothing about) are broken by
-recency-weighted popularity, so every list has K items whenever K unconsumed active items exist.
+run dates ending at D-1, the history the model's lists of D-1 could see), ranks only the items that
+are active with a first catalog row dated D-1 or earlier (new ones too), and excludes what each
+target user consumed before D, exactly like the model's lists. Ties (e.g. items a collaborative
+method knows nothing about) are broken by a random key seeded by the setting ``seed`` and the list
+date, never by id, so every list has K items whenever K unconsumed candidates exist.
 
-* ``popularity``: events weighted by exponential recency decay (half-life 3 days), one global list;
-* ``item_knn``: cosine similarity of items over the user-item co-occurrence (binary, scipy sparse),
-  each item keeping its ``ITEM_KNN_NEIGHBOURS`` nearest; a user's score for an item is the sum of
-  its similarities to the user's window items;
-* ``ease``: EASE (Steck 2019), closed form ``B = I - P / diag(P)`` with ``P = (XᵀX + λI)⁻¹``, on the
-  ``EASE_MAX_ITEMS`` most popular items only, because the Gram matrix is dense (items²): 10k items
-  are 400 MB in float32 where 50k would be 10 GB; other items score 0 (popularity breaks the tie);
-* ``content_knn``: the mean encoder vector of the user's ``CONTENT_HISTORY`` most recent window
-  items against every item's encoder vector (cosine): the one baseline that can rank unseen items;
-* ``als``: Spark MLlib ALS with implicit feedback (event counts as confidence), rank
-  ``ALS_RANK``, ``ALS_ITERATIONS`` iterations: modest by default so a night's evaluation stays
-  cheap; fitted in the session Spark passed in, factors scored with the score stage's top-k kernel.
+* ``popularity``: events weighted by exponential recency decay (``half_life`` days; ``inf``: plain
+  counts), one global list;
+* ``item_knn``: cosine similarity of items over the binary user-item matrix with ``shrinkage``
+  (co-counts / (sqrt(n_i n_j) + shrinkage)), each item keeping its ``neighbours`` nearest; a user's
+  score for an item is the sum of its similarities to the user's window items;
+* ``ease``: EASE (Steck 2019), closed form ``B = I - P / diag(P)`` with ``P = (XᵀX + λI)⁻¹``
+  (``l2`` = λ), on the ``EASE_MAX_ITEMS`` most popular items only, because the Gram matrix is dense
+  (items²): 10k items are 400 MB in float32 where 50k would be 10 GB; other items score 0;
+* ``content_knn``: the mean encoder vector of the user's ``history`` most recent window items
+  against every item's encoder vector (cosine): the one baseline that can rank unseen items;
+* ``als``: Spark MLlib ALS with implicit feedback (event counts as confidence; ``rank``, ``reg``,
+  ``alpha``, ``ALS_ITERATIONS`` iterations), fitted in the session Spark passed in, factors scored
+  with the score stage's top-k kernel;
+* ``hybrid``: EASE (``l2``) ranks the items with window history, content-kNN (``history``) ranks the
+  cold candidates (no window event), and the two rankings are fused by weighted reciprocal rank:
+  ``1 / (HYBRID_RANK_OFFSET + rank)`` for an item with history, ``cold_weight`` times that for a
+  cold one.
+
+``DEFAULT_PARAMS`` are what the evaluate stage uses; ``GRIDS`` are what
+:func:`coldstart.evaluate.tune_baselines` searches on a tuning day (bench/quality_bench.py).
 """
 
 from __future__ import annotations
@@ -39,18 +48,31 @@ from coldstart.ranking import TOPK_GROUP, ItemMatrix, popular_in_scene, select_t
 
 log = logging.getLogger("coldstart.baselines")
 
-ITEM_KNN_NEIGHBOURS = 100
 EASE_MAX_ITEMS = 10_000
-EASE_L2 = 250.0
-CONTENT_HISTORY = 20
-ALS_RANK = 16
-ALS_ITERATIONS = 5
-ALS_REG = 0.1
-ALS_ALPHA = 10.0
-TIE_BREAK = 1e-6  # popularity's weight in every baseline's score (scores are scaled to at most 1 first)
+ALS_ITERATIONS = 10
+HYBRID_RANK_OFFSET = 10  # reciprocal-rank fusion: 1 / (offset + rank); larger flattens the head
+TIE_BREAK = 1e-6  # the random key's weight in every baseline's score (scores are scaled to at most 1 first)
 USER_BLOCK = 512  # target users per dense score block (memory: block x active items floats)
 
-METHODS = ("popularity", "item_knn", "ease", "content_knn", "als")
+DEFAULT_PARAMS: dict[str, dict] = {
+    "popularity": {"half_life": 3.0},
+    "item_knn": {"neighbours": 100, "shrinkage": 0.0},
+    "ease": {"l2": 250.0},
+    "content_knn": {"history": 20},
+    "als": {"rank": 16, "reg": 0.1, "alpha": 10.0},
+    "hybrid": {"l2": 250.0, "history": 20, "cold_weight": 0.5},
+}
+METHODS = tuple(DEFAULT_PARAMS)
+
+# searched on the tuning day; ALS by coordinates (alpha, then reg, then rank): each fit is a Spark job
+GRIDS: dict[str, dict[str, tuple]] = {
+    "popularity": {"half_life": (float("inf"), 0.5, 1.0, 2.0, 4.0, 8.0)},
+    "item_knn": {"neighbours": (20, 50, 100, 200, 1000), "shrinkage": (0.0, 10.0, 50.0)},
+    "ease": {"l2": (50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0)},
+    "content_knn": {"history": (1, 3, 10, 30, 100)},
+    "als": {"alpha": (1.0, 10.0, 40.0), "reg": (0.01, 0.1, 1.0), "rank": (16, 32, 64)},
+    "hybrid": {"cold_weight": (0.0, 0.1, 0.25, 0.5, 1.0, 2.0)},
+}
 
 
 def _top_unconsumed(ranked: list[str], consumed: set, k: int) -> list[str]:
@@ -63,21 +85,18 @@ def _top_unconsumed(ranked: list[str], consumed: set, k: int) -> list[str]:
     return out
 
 
-def popularity_lists(events: pd.DataFrame, list_date: dt.date, users: list[str], consumed: dict[str, set], k: int,
-                     active_items: set) -> dict[str, list[str]]:
-    pop = popular_in_scene(popularity(events.assign(scene="all"), list_date), "all")
-    ranked = [i for i in pop.index if i in active_items]
-    ranked += sorted(active_items - set(ranked))  # items nobody used yet close the list, so K are always there
-    window = k + max((len(c) for c in consumed.values()), default=0)
-    head = ranked[:window]
-    return {u: _top_unconsumed(head, consumed.get(u, set()), k) for u in users}
+def popularity_lists(data: "FitData", users: list[str], consumed: dict[str, set], k: int,
+                     half_life: float = DEFAULT_PARAMS["popularity"]["half_life"]) -> dict[str, list[str]]:
+    weights = data.popularity(half_life)
+    return _rank_dense(data, users, consumed, k, lambda block: np.broadcast_to(weights, (len(block), len(weights))))
 
 
 class FitData:
     """What every baseline is fitted on: window events as a binary user x item matrix over the active items."""
 
-    def __init__(self, events: pd.DataFrame, active_items: list[str], list_date: dt.date):
+    def __init__(self, events: pd.DataFrame, active_items: list[str], list_date: dt.date, seed: int = 0):
         self.events = events
+        self.list_date = list_date
         self.item_ids = np.array(sorted(active_items), dtype=object)
         self.item_index = {item: n for n, item in enumerate(self.item_ids)}
         known = events[events["item_id"].isin(self.item_index)]
@@ -89,9 +108,20 @@ class FitData:
         shape = (len(self.user_ids), len(self.item_ids))
         self.counts = sp.csr_matrix((counts["n"].to_numpy(np.float32), (rows, cols)), shape=shape)
         self.binary = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, cols)), shape=shape)
-        pop = popular_in_scene(popularity(events.assign(scene="all"), list_date), "all")
-        weights = pop.reindex(self.item_ids).fillna(0.0).to_numpy(np.float64)
-        self.tie_break = (TIE_BREAK * weights / weights.max() if weights.max() > 0 else weights).astype(np.float32)
+        key = np.random.default_rng([seed, list_date.toordinal()]).random(len(self.item_ids))
+        self.tie_break = (TIE_BREAK * key).astype(np.float32)  # a seeded random key: ties never go by id
+
+    def popularity(self, half_life: float) -> np.ndarray:
+        """Per active item: window events weighted by 0.5 ** (age in days / half_life) (inf: counts)."""
+        if self.events.empty:
+            return np.zeros(len(self.item_ids), np.float32)
+        pop = popular_in_scene(popularity(self.events.assign(scene="all"), self.list_date, half_life), "all")
+        return pop.reindex(self.item_ids).fillna(0.0).to_numpy(np.float32)
+
+    @property
+    def has_history(self) -> np.ndarray:
+        """Per active item: whether it has a window event."""
+        return np.asarray(self.binary.sum(axis=0)).ravel() > 0
 
     def user_rows(self, users: list[str]) -> sp.csr_matrix:
         """Binary rows of the target users (empty for users without window events)."""
@@ -143,15 +173,15 @@ def _rank_factors(data: FitData, users: list[str], consumed: dict[str, set], k: 
 
 
 def item_knn_lists(data: FitData, users: list[str], consumed: dict[str, set], k: int,
-                   neighbours: int = ITEM_KNN_NEIGHBOURS) -> dict[str, list[str]]:
-    X = data.binary
-    norms = np.sqrt(np.asarray(X.sum(axis=0)).ravel())
-    inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0).astype(np.float32)
-    Xn = (X @ sp.diags(inverse)).tocsc()
+                   neighbours: int = DEFAULT_PARAMS["item_knn"]["neighbours"],
+                   shrinkage: float = DEFAULT_PARAMS["item_knn"]["shrinkage"]) -> dict[str, list[str]]:
+    X = data.binary.tocsc()
+    norms = np.sqrt(np.asarray(X.sum(axis=0)).ravel()).astype(np.float32)
     m = X.shape[1]
     rows, cols, vals = [], [], []
     for start in range(0, m, 512):  # similarity columns in blocks: memory m x 512, not m x m
-        block = (Xn.T @ Xn[:, start:start + 512]).toarray()
+        block = (X.T @ X[:, start:start + 512]).toarray()
+        block /= np.outer(norms, norms[start:start + 512]) + shrinkage + 1e-12
         block[np.arange(start, start + block.shape[1]), np.arange(block.shape[1])] = 0.0
         keep = min(neighbours, m)
         top = np.argpartition(-block, keep - 1, axis=0)[:keep] if keep < m else np.tile(np.arange(m)[:, None], block.shape[1])
@@ -165,8 +195,8 @@ def item_knn_lists(data: FitData, users: list[str], consumed: dict[str, set], k:
     return _rank_dense(data, users, consumed, k, lambda block: (data.user_rows(block) @ similarity).toarray())
 
 
-def ease_lists(data: FitData, users: list[str], consumed: dict[str, set], k: int,
-               max_items: int = EASE_MAX_ITEMS, l2: float = EASE_L2) -> dict[str, list[str]]:
+def _ease_scorer(data: FitData, max_items: int, l2: float) -> Callable[[list[str]], np.ndarray]:
+    """block of users -> EASE scores over every active item (0 for items outside the fitted set)."""
     import torch
 
     counts = np.asarray(data.binary.sum(axis=0)).ravel()
@@ -187,11 +217,17 @@ def ease_lists(data: FitData, users: list[str], consumed: dict[str, set], k: int
         out[:, kept] = data.user_rows(block)[:, kept] @ weights
         return out
 
-    return _rank_dense(data, users, consumed, k, block_scores)
+    return block_scores
 
 
-def content_knn_lists(data: FitData, users: list[str], consumed: dict[str, set], k: int,
-                      item_content: dict[str, np.ndarray], history: int = CONTENT_HISTORY) -> dict[str, list[str]]:
+def ease_lists(data: FitData, users: list[str], consumed: dict[str, set], k: int,
+               max_items: int = EASE_MAX_ITEMS, l2: float = DEFAULT_PARAMS["ease"]["l2"]) -> dict[str, list[str]]:
+    return _rank_dense(data, users, consumed, k, _ease_scorer(data, max_items, l2))
+
+
+def _content_users(data: FitData, users: list[str], item_content: dict[str, np.ndarray],
+                   history: int) -> tuple[np.ndarray, np.ndarray]:
+    """(user vectors: the normalised mean content of each user's ``history`` latest window items, item matrix)."""
     if not item_content:
         raise ValueError("content_knn: no item embeddings for the configured encoder (run embed first)")
     dim = len(next(iter(item_content.values())))
@@ -205,11 +241,50 @@ def content_knn_lists(data: FitData, users: list[str], consumed: dict[str, set],
         if vecs:
             mean = np.mean(vecs, axis=0)
             U[row] = mean / (np.linalg.norm(mean) or 1.0)
+    return U, C
+
+
+def content_knn_lists(data: FitData, users: list[str], consumed: dict[str, set], k: int,
+                      item_content: dict[str, np.ndarray],
+                      history: int = DEFAULT_PARAMS["content_knn"]["history"]) -> dict[str, list[str]]:
+    U, C = _content_users(data, users, item_content, history)
     return _rank_factors(data, users, consumed, k, U, C)
 
 
+def _ranks(scores: np.ndarray) -> np.ndarray:
+    """Per row, the 0-based rank of every column by descending score."""
+    order = np.argsort(-scores, axis=1, kind="stable")
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(scores.shape[1])[None, :].repeat(len(scores), 0), axis=1)
+    return ranks
+
+
+def hybrid_lists(data: FitData, users: list[str], consumed: dict[str, set], k: int,
+                 item_content: dict[str, np.ndarray], l2: float = DEFAULT_PARAMS["hybrid"]["l2"],
+                 history: int = DEFAULT_PARAMS["hybrid"]["history"],
+                 cold_weight: float = DEFAULT_PARAMS["hybrid"]["cold_weight"],
+                 max_items: int = EASE_MAX_ITEMS) -> dict[str, list[str]]:
+    ease = _ease_scorer(data, max_items, l2)
+    U, C = _content_users(data, users, item_content, history)
+    row_of = {u: n for n, u in enumerate(users)}
+    warm = data.has_history
+
+    def block_scores(block: list[str]) -> np.ndarray:
+        e = ease(block) + data.tie_break
+        c = U[[row_of[u] for u in block]] @ C.T + data.tie_break
+        for row, cols in enumerate(data.consumed_positions(block, consumed)):
+            e[row, cols] = c[row, cols] = -np.inf  # ranks among the candidates only
+        e[:, ~warm], c[:, warm] = -np.inf, -np.inf
+        fused = np.where(warm, 1.0 / (HYBRID_RANK_OFFSET + _ranks(e)), cold_weight / (HYBRID_RANK_OFFSET + _ranks(c)))
+        return fused.astype(np.float32)
+
+    return _rank_dense(data, users, consumed, k, block_scores)
+
+
 def als_lists(spark, data: FitData, users: list[str], consumed: dict[str, set], k: int, seed: int,
-              rank: int = ALS_RANK, iterations: int = ALS_ITERATIONS, blocks: int = 2) -> dict[str, list[str]]:
+              rank: int = DEFAULT_PARAMS["als"]["rank"], reg: float = DEFAULT_PARAMS["als"]["reg"],
+              alpha: float = DEFAULT_PARAMS["als"]["alpha"], iterations: int = ALS_ITERATIONS,
+              blocks: int = 2) -> dict[str, list[str]]:
     from pyspark.ml.recommendation import ALS
 
     coo = data.counts.tocoo()
@@ -217,7 +292,7 @@ def als_lists(spark, data: FitData, users: list[str], consumed: dict[str, set], 
         return _rank_factors(data, users, consumed, k, np.zeros((len(users), rank)), np.zeros((len(data.item_ids), rank)))
     ratings = spark.createDataFrame(pd.DataFrame({"user": coo.row.astype(np.int32), "item": coo.col.astype(np.int32),
                                                   "confidence": coo.data.astype(np.float32)}))
-    als = ALS(rank=rank, maxIter=iterations, regParam=ALS_REG, alpha=ALS_ALPHA, implicitPrefs=True, userCol="user",
+    als = ALS(rank=rank, maxIter=iterations, regParam=reg, alpha=alpha, implicitPrefs=True, userCol="user",
               itemCol="item", ratingCol="confidence", coldStartStrategy="drop", seed=seed,
               numUserBlocks=blocks, numItemBlocks=blocks)  # ALS's default 10 blocks: many tiny tasks locally
     fitted = als.fit(ratings)
@@ -235,31 +310,55 @@ def als_lists(spark, data: FitData, users: list[str], consumed: dict[str, set], 
     return _rank_factors(data, users, consumed, k, U, item_f)
 
 
-def baseline_lists(spark, lake: Lake, settings: Settings, list_date: dt.date, users: list[str],
-                   consumed: dict[str, set], k: int) -> dict[str, dict[str, list[str]]]:
-    """Every baseline's list per target user: {method: {user: [item, ...]}} (see module doc)."""
+def fit_data(lake: Lake, settings: Settings, list_date: dt.date) -> FitData:
+    """The window events up to ``list_date`` over the candidates of the lists of ``list_date``: active items
+    whose first catalog row is dated ``list_date`` or earlier."""
     events = interactions(lake, list_date - dt.timedelta(days=settings.active_days - 1), list_date,
                           ["user_id", "item_id", "scene", "event_ts"])
     items = lake.read_pandas("items", columns=["item_id", "active", "first_seen"])
     active = set(items.loc[items["active"] & (items["first_seen"] <= list_date), "item_id"])
+    return FitData(events, sorted(active), list_date, settings.seed)
+
+
+def method_lists(spark, lake: Lake, settings: Settings, data: FitData, method: str, users: list[str],
+                 consumed: dict[str, set], k: int, params: dict | None = None,
+                 item_content: dict[str, np.ndarray] | None = None) -> dict[str, list[str]]:
+    """One baseline's lists with ``params`` (DEFAULT_PARAMS[method] for the missing ones)."""
+    p = {**DEFAULT_PARAMS[method], **(params or {})}
+    if method in ("content_knn", "hybrid") and item_content is None:
+        item_content = content_vectors(lake, settings, "item")
+    if method == "popularity":
+        return popularity_lists(data, users, consumed, k, **p)
+    if method == "item_knn":
+        return item_knn_lists(data, users, consumed, k, **p)
+    if method == "ease":
+        return ease_lists(data, users, consumed, k, **p)
+    if method == "content_knn":
+        return content_knn_lists(data, users, consumed, k, item_content, **p)
+    if method == "hybrid":
+        return hybrid_lists(data, users, consumed, k, item_content, **p)
+    if method == "als":
+        if spark is None:
+            from coldstart.spark import get_session
+            spark = get_session(settings)
+        return als_lists(spark, data, users, consumed, k, settings.seed, blocks=settings.spark_shuffle_partitions, **p)
+    raise ValueError(f"unknown baseline {method!r}; known: {', '.join(DEFAULT_PARAMS)}")
+
+
+def baseline_lists(spark, lake: Lake, settings: Settings, list_date: dt.date, users: list[str],
+                   consumed: dict[str, set], k: int,
+                   params: dict[str, dict] | None = None) -> dict[str, dict[str, list[str]]]:
+    """Every baseline's list per target user: {method: {user: [item, ...]}} (see module doc), each with
+    ``params[method]`` over DEFAULT_PARAMS."""
+    data = fit_data(lake, settings, list_date)
     users = list(users)
-    data = FitData(events, sorted(active), list_date)
-    if spark is None:
-        from coldstart.spark import get_session
-        spark = get_session(settings)
-    fits: dict[str, Callable[[], dict[str, list[str]]]] = {
-        "popularity": lambda: popularity_lists(events, list_date, users, consumed, k, active),
-        "item_knn": lambda: item_knn_lists(data, users, consumed, k),
-        "ease": lambda: ease_lists(data, users, consumed, k),
-        "content_knn": lambda: content_knn_lists(data, users, consumed, k, content_vectors(lake, settings, "item")),
-        "als": lambda: als_lists(spark, data, users, consumed, k, settings.seed,
-                                 blocks=settings.spark_shuffle_partitions),
-    }
+    item_content = content_vectors(lake, settings, "item")
     out, seconds = {}, {}
-    for method, fit in fits.items():
+    for method in DEFAULT_PARAMS:
         started = time.perf_counter()
-        out[method] = fit()
+        out[method] = method_lists(spark, lake, settings, data, method, users, consumed, k,
+                                   (params or {}).get(method), item_content)
         seconds[method] = round(time.perf_counter() - started, 2)
     log.info("baselines for lists of %s: %d target users, %d window events, %d active items; seconds %s", list_date,
-             len(users), len(events), len(active), seconds)
+             len(users), len(data.events), len(data.item_ids), seconds)
     return out

@@ -84,7 +84,9 @@ class Settings:
                                              "(a profile or 1-5 recent events): their vectors rest on little evidence, "
                                              "so their lists lean towards what is popular now (bench/results/quality.md); "
                                              "0 turns it off.", 1.0)
-    baselines: bool = _doc("Evaluate the baselines too (popularity, item-kNN, EASE, content-kNN, ALS).", True)
+    new_list_size: int = _doc("Length of each user's second list, 'new for you' (recommendations.list = 'new'): the "
+                              "items nobody has used yet, ranked by the model; 0 writes no such list.", 20)
+    baselines: bool = _doc("Evaluate the baselines too (popularity, item-kNN, EASE, content-kNN, ALS, hybrid).", True)
     # --- orchestration -------------------------------------------------------------------
     schedule: str = _doc("Airflow schedule of the nightly DAG (a run at midnight of D+1 processes day D).", "@daily")
     task_retries: int = _doc("Airflow retries per task (exponential backoff).", 2)
@@ -145,7 +147,7 @@ class Settings:
         for name in ("spark_shuffle_partitions", "encoder_max_length", "encoder_batch_size", "model_dim",
                      "train_batch_size", "top_k", "active_days", "scenes_per_user", "score_block_users"):
             need(getattr(self, name) > 0, name, "must be positive")
-        for name in ("encoder_threads", "task_retries", "landing_timeout_minutes", "retention_days", "lateness_days", "train_epochs_warm", "train_epochs_full", "train_replay_sample"):
+        for name in ("encoder_threads", "new_list_size", "task_retries", "landing_timeout_minutes", "retention_days", "lateness_days", "train_epochs_warm", "train_epochs_full", "train_replay_sample"):
             need(getattr(self, name) >= 0, name, "must not be negative")
         need(0.0 <= self.train_id_dropout < 1.0, "train_id_dropout", "must be in [0, 1)")
         for name in ("train_learning_rate", "train_id_learning_rate"):

@@ -1,15 +1,23 @@
 """Evaluate stage: the lists of D-1 against the events of D (next-day quality).
 
-Protocol (per run date D):
-* target users had at least one event before D; their truth is the items they interacted with on D
-  and never before;
+Protocol (per run date D), as the field reports it:
+* target users have at least one event on D and one before; their truth is the items they
+  interacted with on D and never before;
+* candidates are the active items whose first catalog row is dated D-1 or earlier (the lists of
+  D-1 could know them), minus what the user consumed before D;
 * slices: ``all``; ``cold_users`` (1-5 prior events); ``warm_users`` (more); ``cold_items`` (only the
-  positives whose item had no interaction before D: the share of them found in the top K); and
-  ``cold_only`` (the list restricted to items with no prior interaction, against those positives);
-* Recall@K (hits / |truth|) and NDCG@K (binary gains) for K = 10 and 20, averaged over target users.
+  positives whose item had no interaction before D); and ``cold_only`` (the list restricted to items
+  with no prior interaction, against those positives);
+* metrics per user and K (10, 20): ``recall`` = hits / min(K, |truth|) (the capped form, 1 for a
+  perfect list), ``recall_plain`` = hits / |truth|, ``ndcg`` (binary gains); for ``cold_items`` also
+  the counts ``hits`` and ``positives``, because that slice is **micro-averaged**: its recall is all
+  cold positives found over all cold positives (:func:`pooled`), not a mean of per-user shares;
+* pooled figures over many nights (:func:`pooled`) and paired bootstrap intervals of a difference
+  between methods (:func:`paired_difference`) resample user-days.
 
 Methods: the model's lists as written by score(D-1), and, when ``baselines`` is on, baselines fitted
-on the events up to D-1 and ranked under the same exclusions (see :mod:`coldstart.baselines`).
+on the events up to D-1 and ranked under the same exclusions, ties broken by a seeded random key
+(see :mod:`coldstart.baselines`).
 
 Writes ``evaluation`` (means per method, slice, metric, K) and ``evaluation_users`` (the per-user
 values, for paired bootstrap intervals), both replacing partition run_date=D, then the HTML report.
@@ -34,6 +42,7 @@ log = logging.getLogger("coldstart.evaluate")
 
 KS = (10, 20)
 COLD_USER_MAX_EVENTS = 5
+MICRO_SLICES = ("cold_items",)  # pooled as sum of hits / sum of positives
 
 
 @dataclass
@@ -81,44 +90,165 @@ def per_user_metrics(lists: dict[str, list[str]], t: Targets) -> pd.DataFrame:
         n_prior = int(t.prior_counts.get(user, 0))
         user_slices = ["all", "cold_users" if n_prior <= COLD_USER_MAX_EVENTS else "warm_users"]
         cold_truth = {i for i in truth if i not in t.prior_items}
+        cold_ranked = [i for i in ranked if i not in t.prior_items] if cold_truth else []
         for k in KS:
             top = ranked[:k]
             hits = np.array([1.0 if i in truth else 0.0 for i in top])
-            recall = hits.sum() / len(truth)
             ideal = _dcg(np.ones(min(len(truth), k)))
-            ndcg = _dcg(hits) / ideal if ideal else 0.0
+            values = {"recall": hits.sum() / min(k, len(truth)), "recall_plain": hits.sum() / len(truth),
+                      "ndcg": _dcg(hits) / ideal if ideal else 0.0}
             for s in user_slices:
-                rows.append((user, s, "recall", k, recall))
-                rows.append((user, s, "ndcg", k, ndcg))
+                rows.extend((user, s, metric, k, value) for metric, value in values.items())
             if cold_truth:
-                cold_hits = sum(1 for i in top if i in cold_truth)
-                rows.append((user, "cold_items", "recall", k, cold_hits / len(cold_truth)))
-                cold_ranked = [i for i in ranked if i not in t.prior_items][:k]
-                ch = np.array([1.0 if i in cold_truth else 0.0 for i in cold_ranked])
+                cold_hits = float(sum(1 for i in top if i in cold_truth))
+                rows += [(user, "cold_items", "recall", k, cold_hits / len(cold_truth)),
+                         (user, "cold_items", "hits", k, cold_hits),
+                         (user, "cold_items", "positives", k, float(len(cold_truth)))]
+                ch = np.array([1.0 if i in cold_truth else 0.0 for i in cold_ranked[:k]])
                 ideal_c = _dcg(np.ones(min(len(cold_truth), k)))
-                rows.append((user, "cold_only", "recall", k, ch.sum() / len(cold_truth)))
-                rows.append((user, "cold_only", "ndcg", k, _dcg(ch) / ideal_c if ideal_c else 0.0))
+                rows += [(user, "cold_only", "recall", k, ch.sum() / min(k, len(cold_truth))),
+                         (user, "cold_only", "recall_plain", k, ch.sum() / len(cold_truth)),
+                         (user, "cold_only", "ndcg", k, _dcg(ch) / ideal_c if ideal_c else 0.0)]
     return pd.DataFrame(rows, columns=["user_id", "slice", "metric", "k", "value"])
+
+
+def pooled(per_user: pd.DataFrame) -> pd.DataFrame:
+    """(method, slice, metric, k) -> value and n (user-days) over every row of ``per_user`` (any nights).
+
+    The value is the mean over user-days, except for ``recall`` on the MICRO_SLICES, which is the
+    sum of ``hits`` over the sum of ``positives`` (micro-averaged). ``method`` defaults to one method."""
+    frame = per_user if "method" in per_user.columns else per_user.assign(method="model")
+    keys = ["method", "slice", "metric", "k"]
+    out = frame.groupby(keys, observed=True)["value"].agg(value="mean", n="size").reset_index()
+    micro = frame[frame["slice"].isin(MICRO_SLICES) & frame["metric"].isin(("hits", "positives"))]
+    if not micro.empty:
+        sums = micro.pivot_table(index=["method", "slice", "k"], columns="metric", values="value", aggfunc="sum")
+        ratio = (sums["hits"] / sums["positives"]).rename("micro").reset_index().assign(metric="recall")
+        out = out.merge(ratio, on=keys, how="left")
+        out["value"] = out["micro"].fillna(out["value"])
+        out = out.drop(columns="micro")
+    return out
+
+
+def paired_difference(per_user: pd.DataFrame, a: str, b: str, slice_: str, k: int, metric: str = "recall",
+                      resamples: int = 2000, seed: int = 0) -> dict:
+    """Pooled ``metric`` of method a minus method b on one slice and K, over the user-days both have,
+    with a paired percentile bootstrap 95 % interval (``scipy.stats.bootstrap``, user-days resampled).
+
+    For the MICRO_SLICES the statistic is the difference of micro-averages (a ratio of sums)."""
+    from scipy.stats import bootstrap
+
+    index = [c for c in ("run_date", "user_id") if c in per_user.columns]
+    part = per_user[(per_user["slice"] == slice_) & (per_user["k"] == k) & per_user["method"].isin((a, b))]
+    micro = slice_ in MICRO_SLICES and metric == "recall"
+    wanted = ("hits", "positives") if micro else (metric,)
+    part = part[part["metric"].isin(wanted)]
+    wide = part.pivot_table(index=index, columns=["method", "metric"], values="value", aggfunc="first").dropna()
+    nothing = {"n": 0, "a": float("nan"), "b": float("nan"), "mean": float("nan"), "low": float("nan"),
+               "high": float("nan")}
+    if wide.empty or (a, wanted[0]) not in wide or (b, wanted[0]) not in wide:
+        return nothing
+    if micro:
+        data = (wide[(a, "hits")].to_numpy(), wide[(b, "hits")].to_numpy(), wide[(a, "positives")].to_numpy())
+
+        def statistic(ha, hb, pos, axis=-1):
+            return (ha.sum(axis=axis) - hb.sum(axis=axis)) / pos.sum(axis=axis)
+
+        value_a, value_b = data[0].sum() / data[2].sum(), data[1].sum() / data[2].sum()
+    else:
+        data = (wide[(a, metric)].to_numpy() - wide[(b, metric)].to_numpy(),)
+
+        def statistic(diff, axis=-1):
+            return diff.mean(axis=axis)
+
+        value_a, value_b = wide[(a, metric)].mean(), wide[(b, metric)].mean()
+    n = len(wide)
+    mean = float(statistic(*data))
+    if n < 2 or np.all(data[0] == data[0][0]) and len(data) == 1:
+        return {**nothing, "n": n, "a": float(value_a), "b": float(value_b), "mean": mean, "low": mean, "high": mean}
+    res = bootstrap(data, statistic, paired=True, vectorized=True, n_resamples=resamples, method="percentile",
+                    confidence_level=0.95, random_state=np.random.default_rng(seed))
+    return {"n": n, "a": float(value_a), "b": float(value_b), "mean": mean,
+            "low": float(res.confidence_interval.low), "high": float(res.confidence_interval.high)}
 
 
 def summarise(per_user: pd.DataFrame, run_date: dt.date, method: str, model_version: str | None) -> list[dict]:
     if per_user.empty:
         return []
-    g = per_user.groupby(["slice", "metric", "k"])["value"].agg(["mean", "size"]).reset_index()
+    g = pooled(per_user.assign(method=method))
     return [{"run_date": run_date, "method": method, "slice": r["slice"], "metric": r["metric"], "k": int(r["k"]),
-             "value": float(r["mean"]), "n_users": int(r["size"]), "model_version": model_version}
+             "value": float(r["value"]), "n_users": int(r["n"]), "model_version": model_version}
             for _, r in g.iterrows()]
 
 
-def model_lists(lake: Lake, list_date: dt.date) -> tuple[dict[str, list[str]], str | None]:
-    """The model's list per user from recommendations(list_date); with several scenes, the best rank wins."""
-    recs = lake.read_pandas("recommendations", columns=["user_id", "item_id", "rank", "model_version"],
+def model_lists(lake: Lake, list_date: dt.date, list_name: str = "main") -> tuple[dict[str, list[str]], str | None]:
+    """The model's ``list_name`` list ('main' or 'new') per user from recommendations(list_date); with several
+    scenes, the best rank wins."""
+    recs = lake.read_pandas("recommendations", columns=["user_id", "item_id", "rank", "model_version", "list"],
                             filters=[("run_date", "=", list_date)])
+    recs = recs[recs["list"].fillna("main") == list_name]  # null: rows from before the column, all 'main'
+
     if recs.empty:
         return {}, None
     recs = recs.sort_values(["user_id", "rank", "item_id"]).drop_duplicates(["user_id", "item_id"])
     versions = recs.loc[recs["model_version"] != "popular", "model_version"].unique()
     return recs.groupby("user_id")["item_id"].agg(list).to_dict(), (versions[0] if len(versions) else None)
+
+
+def tune_baselines(spark, lake: Lake, settings: Settings, run_date: dt.date, k: int = 20,
+                   methods: tuple[str, ...] | None = None) -> dict[str, dict]:
+    """Each baseline's parameters picked on the tuning day ``run_date`` (lists of run_date-1 against its
+    events) from ``baselines.GRIDS``: {method: {"params", "recall", "cold_items", "grid": [(params, recall,
+    cold_items), ...]}}.
+
+    The objective is Recall@k on all targets, except for ``hybrid``, the cold-item baseline: its EASE
+    λ and content history are those picked for ``ease`` and ``content_knn``, and its weight maximises
+    the mean of all-targets Recall@k and cold-items recall@k. ALS is searched one coordinate at a
+    time (alpha, then reg, then rank) because each fit is a Spark job; the others on the full grid."""
+    import itertools
+
+    from coldstart.baselines import DEFAULT_PARAMS, GRIDS, fit_data, method_lists
+    from coldstart.features import content_vectors
+
+    t = targets(lake, run_date)
+    list_date = run_date - dt.timedelta(days=1)
+    data = fit_data(lake, settings, list_date)
+    item_content = content_vectors(lake, settings, "item")
+    out: dict[str, dict] = {}
+
+    def measure(method: str, params: dict) -> tuple[float, float]:
+        lists = method_lists(spark, lake, settings, data, method, t.users, t.consumed, k, params, item_content)
+        g = pooled(per_user_metrics(lists, t)).set_index(["slice", "metric", "k"])["value"]
+        return float(g.get(("all", "recall", k), 0.0)), float(g.get(("cold_items", "recall", k), 0.0))
+
+    for method in methods or tuple(GRIDS):
+        grid = GRIDS[method]
+        tried: dict[tuple, tuple[float, float]] = {}
+
+        def run(params: dict) -> float:
+            key = tuple(sorted(params.items()))
+            if key not in tried:
+                tried[key] = measure(method, params)
+            r, c = tried[key]
+            return (r + c) / 2 if method == "hybrid" else r
+
+        if method == "hybrid":
+            base = {"l2": out.get("ease", {}).get("params", DEFAULT_PARAMS["ease"])["l2"],
+                    "history": out.get("content_knn", {}).get("params", DEFAULT_PARAMS["content_knn"])["history"]}
+            best = max(({**base, "cold_weight": w} for w in grid["cold_weight"]), key=run)
+        elif method == "als":
+            best = dict(DEFAULT_PARAMS["als"])
+            for name, values in grid.items():
+                best = max(({**best, name: v} for v in values), key=run)
+        else:
+            names = list(grid)
+            best = max((dict(zip(names, combo)) for combo in itertools.product(*grid.values())), key=run)
+        r, c = tried[tuple(sorted(best.items()))]
+        out[method] = {"params": best, "recall": r, "cold_items": c,
+                       "grid": [(dict(key), rr, cc) for key, (rr, cc) in tried.items()]}
+        log.info("tuned %s on %s: %s (recall@%d %.4f, cold items %.4f; %d settings tried)", method, run_date, best, k,
+                 r, c, len(tried))
+    return out
 
 
 def evaluate(spark, settings: Settings, run_date: dt.date, baselines: bool | None = None) -> dict:

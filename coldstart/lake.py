@@ -103,12 +103,24 @@ class Lake:
         """:meth:`ensure`, and bring the table's column docs up to the catalog's: Delta refuses a write whose
         schema metadata differs from the table's, so a table made by an older release (whose docs read
         differently) would otherwise reject every write after an upgrade. One metadata commit per changed
-        column, checked once per table and Lake."""
+        column, checked once per table and Lake. A nullable column that the catalog has and the table lacks
+        (added by a later release) is added, in one commit; its older rows read null."""
         dt_ = self.ensure(name)
         if name in self._docs_synced:
             return dt_
         current = {f.name: dict(f.metadata) for f in dt_.schema().fields}
         changed = False
+        missing = [f for f in catalog_table(name).schema if f.name not in current]
+        if missing:
+            from deltalake.schema import Field as DeltaField
+
+            required = [f.name for f in missing if not f.nullable]
+            if required:
+                raise SchemaMismatchError(f"table {name}: lacks required column(s) {', '.join(required)}")
+            dt_.alter.add_columns([DeltaField.from_arrow(f) for f in missing])
+            dt_ = DeltaTable(self.uri(name), storage_options=self.storage_options)
+            current = {f.name: dict(f.metadata) for f in dt_.schema().fields}
+            changed = True
         for field in catalog_table(name).schema:
             wanted = {k.decode(): v.decode() for k, v in (field.metadata or {}).items()}
             # only the catalog's own keys: another writer's extra keys do not conflict with ours

@@ -13,6 +13,10 @@
 * scoring runs in blocks of ``score_block_users`` (user, scene) lists: the block's user vectors, a
   top-k kernel (:func:`coldstart.ranking.top_k_scores`) and the block's Arrow batch, streamed into one Delta commit,
   so memory is bounded by the block, not by the number of users;
+* a second list per (user, scene), ``list = 'new'`` ("new for you"): the ``new_list_size`` best items by
+  the same scores among the items nobody has used up to D (fresh on the serving day), what a new-arrivals
+  shelf beside the main list shows; users scored by the model get their own ranking of them, users
+  with neither history nor profile get them by the model's item prior (the bias);
 * every row has a reason: "similar to <title> you liked" (the recently consumed item whose content
   is closest to the recommended one), "matches your profile", "based on your earlier activity",
   "popular in <scene>", "new in the catalogue" or (closing a short fallback list) "in the catalogue".
@@ -127,6 +131,11 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     model_rows = pairs[pairs["segment"] != "new"].reset_index(drop=True)
     new_rows = pairs[pairs["segment"] == "new"].reset_index(drop=True)
 
+    new_size = int(settings.new_list_size)
+    fresh_positions = np.flatnonzero(fresh)
+    fresh_matrix = ItemMatrix(np.hstack([vectors, pop.astype(np.float32)[:, None]])[fresh_positions],
+                              bias[fresh_positions]) if new_size and len(fresh_positions) else None
+
     def blocks() -> Iterator[pa.RecordBatch]:
         step = settings.score_block_users
         for start in range(0, len(model_rows), step):
@@ -139,8 +148,14 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
             block_consumed = [consumed_by_user.get(u, NOTHING) for u in block["user_id"]]
             values, positions = top_k_scores(user_vecs, matrix, k, block_consumed)
             yield _model_batch(block, values, positions, recent, content, liked, item_ids, is_new, version, run_date)
+            if fresh_matrix is not None:  # nobody used a fresh item, so there is nothing to exclude
+                values, positions = top_k_scores(user_vecs, fresh_matrix, new_size, [NOTHING] * len(block))
+                yield _model_batch(block, values, fresh_positions[np.minimum(positions, len(fresh_positions) - 1)], recent, content, liked, item_ids, is_new,
+                                   version, run_date, list_name="new")
         if len(new_rows):
             yield _popular_batch(new_rows, popular, item_index, item_ids, is_new, k, run_date)
+            if fresh_matrix is not None:
+                yield _prior_new_batch(new_rows, bias, fresh_positions, item_ids, new_size, version, run_date)
 
     written = lake.replace_partition_stream("recommendations", blocks(), run_date=run_date)
     log.info("score %s: wrote %d recommendations", run_date, written)
@@ -203,7 +218,8 @@ def _reasons(block, positions: np.ndarray, recent: dict, content, liked: np.ndar
     return reasons
 
 
-def _model_batch(block, scores, positions, recent, content, liked, item_ids, is_new, version, run_date) -> pa.RecordBatch:
+def _model_batch(block, scores, positions, recent, content, liked, item_ids, is_new, version, run_date,
+                 list_name: str = "main") -> pa.RecordBatch:
     n, k = positions.shape
     positions = np.where(np.isfinite(scores), positions, 0)  # -inf slots may point into the padding; dropped below
     reasons = _reasons(block, positions, recent, content, liked)
@@ -213,6 +229,7 @@ def _model_batch(block, scores, positions, recent, content, liked, item_ids, is_
         "run_date": np.full(n * k, run_date)[valid],
         "user_id": np.repeat(block["user_id"].to_numpy(), k)[valid],
         "scene": np.repeat(block["scene"].to_numpy(), k)[valid],
+        "list": np.full(valid.sum(), list_name, dtype=object),
         "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), n)[valid],
         "item_id": item_ids[flat_positions],
         "score": scores.reshape(-1).astype(np.float64)[valid],
@@ -252,7 +269,23 @@ def _popular_batch(rows, popular, item_index, item_ids, is_new, k, run_date) -> 
                    else "in the catalogue" for i in listed]
         for user in group["user_id"]:
             for rank, (item, reason) in enumerate(zip(listed, reasons), start=1):
-                out.append({"run_date": run_date, "user_id": user, "scene": scene, "rank": rank, "item_id": item,
+                out.append({"run_date": run_date, "user_id": user, "scene": scene, "list": "main", "rank": rank,
+                            "item_id": item,
                             "score": float(ranked.get(item, 0.0)), "model_version": "popular", "user_segment": "new",
                             "item_is_new": bool(is_new[item_index[item]]), "reason": reason})
     return pa.RecordBatch.from_pylist(out, schema=RECOMMENDATIONS.schema)
+
+
+def _prior_new_batch(rows, bias: np.ndarray, fresh_positions: np.ndarray, item_ids, size: int, version: str,
+                     run_date) -> pa.RecordBatch:
+    """'new' lists of the users with neither history nor profile: the fresh items by the model's item prior."""
+    order = fresh_positions[np.argsort(-bias[fresh_positions], kind="stable")[:size]]
+    n, m = len(rows), len(order)
+    return pa.RecordBatch.from_pydict({
+        "run_date": np.full(n * m, run_date), "user_id": np.repeat(rows["user_id"].to_numpy(), m),
+        "scene": np.repeat(rows["scene"].to_numpy(), m), "list": np.full(n * m, "new", dtype=object),
+        "rank": np.tile(np.arange(1, m + 1, dtype=np.int32), n), "item_id": np.tile(item_ids[order], n),
+        "score": np.tile(bias[order].astype(np.float64), n), "model_version": np.full(n * m, version, dtype=object),
+        "user_segment": np.full(n * m, "new", dtype=object), "item_is_new": np.ones(n * m, dtype=bool),
+        "reason": np.full(n * m, "new in the catalogue", dtype=object),
+    }, schema=RECOMMENDATIONS.schema)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from coldstart.catalog import TABLES
-from coldstart.evaluate import Targets, evaluate, per_user_metrics, targets
+from coldstart.evaluate import Targets, evaluate, paired_difference, per_user_metrics, pooled, targets
 from coldstart.lake import Lake
 from tests.lake_builders import topic_vector, write_embeddings, write_events, write_items, write_users
 
@@ -43,6 +43,48 @@ def test_metrics_on_hand_made_lists():
     assert math.isclose(means, 1 / 3)
     cut = per_user_metrics({"u1": ["p", "q"] * 5 + ["x"]}, t)  # x at rank 11: outside @10, inside @20
     assert _metric(cut, "u1", "all", "recall", 10) == 0.0 and _metric(cut, "u1", "all", "recall", 20) == 0.5
+
+
+def test_recall_is_capped_at_k_and_cold_items_are_micro_averaged():
+    truth = {f"t{i}" for i in range(30)}
+    t = Targets(truth={"u1": truth, "u2": {"c1"}, "u3": {"c2", "c3", "c4"}},
+                prior_counts=pd.Series({"u1": 9, "u2": 9, "u3": 9}), prior_items=truth, consumed={})
+    lists = {"u1": sorted(truth)[:10] + ["zz"] * 0, "u2": ["c1"], "u3": ["c2"]}
+    got = per_user_metrics(lists, t)
+    # 10 of 30 found in the top 10: a perfect list scores 1, the plain form 1/3
+    assert _metric(got, "u1", "all", "recall", 10) == 1.0
+    assert math.isclose(_metric(got, "u1", "all", "recall_plain", 10), 1 / 3)
+    # cold items: u2 finds 1 of 1, u3 1 of 3; the mean of shares is 2/3, the micro-average 2/4
+    table = pooled(got).set_index(["method", "slice", "metric", "k"])["value"]
+    assert math.isclose(table[("model", "cold_items", "recall", 20)], 0.5)
+    assert math.isclose(table[("model", "all", "recall", 20)], got.query("slice == 'all' and metric == 'recall' "
+                                                                         "and k == 20").value.mean())
+
+
+def test_paired_difference_of_means_and_of_micro_averages():
+    rng = np.random.default_rng(1)
+    rows = []
+    for day in range(3):
+        for u in range(40):
+            a, b = rng.random(), rng.random()
+            pos = int(rng.integers(1, 4))
+            ha, hb = int(rng.integers(0, pos + 1)), int(rng.integers(0, pos + 1))
+            for method, v, h in (("model", a + 0.2, ha), ("base", b, hb)):
+                rows += [(day, f"u{u}", method, "all", "recall", 20, v),
+                         (day, f"u{u}", method, "cold_items", "hits", 20, float(h)),
+                         (day, f"u{u}", method, "cold_items", "positives", 20, float(pos)),
+                         (day, f"u{u}", method, "cold_items", "recall", 20, h / pos)]
+    frame = pd.DataFrame(rows, columns=["run_date", "user_id", "method", "slice", "metric", "k", "value"])
+    r = paired_difference(frame, "model", "base", "all", 20, resamples=500, seed=3)
+    wide = frame.query("slice == 'all'").pivot_table(index=["run_date", "user_id"], columns="method", values="value")
+    assert r["n"] == 120 and math.isclose(r["mean"], (wide["model"] - wide["base"]).mean())
+    assert r["low"] < r["mean"] < r["high"] and r["low"] > 0  # a shift of 0.2 on 120 user-days is clear
+    c = paired_difference(frame, "model", "base", "cold_items", 20, resamples=500, seed=3)
+    sums = frame.query("slice == 'cold_items'").pivot_table(index="method", columns="metric", values="value", aggfunc="sum")
+    micro = sums["hits"] / (sums["positives"])
+    assert math.isclose(c["a"], micro["model"]) and math.isclose(c["mean"], micro["model"] - micro["base"])
+    assert c["low"] <= c["mean"] <= c["high"]
+    assert paired_difference(frame, "model", "nobody", "all", 20)["n"] == 0
 
 
 @pytest.fixture
@@ -137,6 +179,55 @@ def test_each_baseline_returns_k_unconsumed_active_items_and_beats_random(struct
         assert recall > random_recall + 0.05, (method, recall, random_recall)
 
 
+def test_ties_go_by_a_seeded_random_key_not_by_id(structured):
+    from coldstart.baselines import FitData, popularity_lists
+    from coldstart.features import interactions
+
+    settings, lake, t = structured
+    events = interactions(lake, OLD, L, ["user_id", "item_id", "scene", "event_ts"])
+    # a user with no window events under EASE: every score is 0, so the order is the tie-break alone
+    data = FitData(events.iloc[:0], ITEMS["a"] + ITEMS["b"], L, seed=1)
+    first = popularity_lists(data, ["nobody"], {}, K)["nobody"]
+    assert first != sorted(first) and first == popularity_lists(data, ["nobody"], {}, K)["nobody"]
+    other = FitData(events.iloc[:0], ITEMS["a"] + ITEMS["b"], L, seed=2)
+    assert popularity_lists(other, ["nobody"], {}, K)["nobody"] != first
+
+
+def test_hybrid_ranks_cold_candidates_by_content(structured):
+    from coldstart.baselines import FitData, hybrid_lists
+    from coldstart.features import content_vectors, interactions
+
+    settings, lake, t = structured
+    events = interactions(lake, OLD, L, ["user_id", "item_id", "scene", "event_ts"])
+    cold = set(ITEMS["a"][-10:] + ITEMS["b"][-10:]) | {"a_new"}  # the tail: no window event once these are dropped
+    data = FitData(events[~events["item_id"].isin(cold)], ITEMS["a"] + ITEMS["b"] + ["a_new"], L)
+    cold = set(data.item_ids[~data.has_history])  # the tail may hold more items nobody used
+    content = content_vectors(lake, settings, "item")
+    lists = hybrid_lists(data, t.users, t.consumed, K, content, cold_weight=2.0)
+    # cold items lead (weight 2), and only content can order them: each user's are from the user's own topic
+    for u in t.users:
+        topic = "ab"[int(u[1:]) % 2]
+        assert lists[u][0] in cold and lists[u][0].startswith(topic), (u, lists[u])
+    none = hybrid_lists(data, t.users, t.consumed, K, content, cold_weight=0.0)
+    assert all(not set(none[u][:5]) & cold for u in t.users)  # weight 0: EASE's items first
+
+
+def test_tuning_picks_the_best_setting_of_the_grid(structured, spark, monkeypatch):
+    from coldstart import baselines
+    from coldstart.evaluate import tune_baselines
+
+    settings, lake, t = structured
+    monkeypatch.setitem(baselines.GRIDS, "ease", {"l2": (1.0, 1e6)})
+    monkeypatch.setitem(baselines.GRIDS, "hybrid", {"cold_weight": (0.0, 1.0)})
+    tuned = tune_baselines(spark, lake, settings, D, k=K, methods=("popularity", "ease", "content_knn", "hybrid"))
+    for method, result in tuned.items():
+        assert max(r for _, r, _ in result["grid"]) == result["recall"] or method == "hybrid", method
+        assert result["params"] in [p for p, _, _ in result["grid"]]
+    assert len(tuned["popularity"]["grid"]) == len(baselines.GRIDS["popularity"]["half_life"])
+    assert tuned["hybrid"]["params"]["l2"] == tuned["ease"]["params"]["l2"]
+    assert tuned["hybrid"]["params"]["history"] == tuned["content_knn"]["params"]["history"]
+
+
 def test_ease_on_a_capped_item_set_still_fills_the_list(structured):
     from coldstart.baselines import FitData, ease_lists
     from coldstart.features import interactions
@@ -157,7 +248,8 @@ def test_evaluate_with_baselines_writes_every_method(structured, spark):
                            run_date=L)
     evaluate(spark, settings, D)
     ev, users = lake.read_pandas("evaluation"), lake.read_pandas("evaluation_users")
-    assert set(ev.method) == set(users.method) == {"model", "popularity", "item_knn", "ease", "content_knn", "als"}
+    assert set(ev.method) == set(users.method) == {"model", "popularity", "item_knn", "ease", "content_knn", "als",
+                                                    "hybrid"}
     assert ev.value.between(0, 1).all()
     n = users[(users.slice == "all") & (users.metric == "recall") & (users.k == 20)].groupby("method").size()
     assert (n == len(t.users)).all()

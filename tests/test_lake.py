@@ -12,7 +12,7 @@ D1, D2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
 
 
 def recs(day, users=3, k=2, model="m1"):
-    rows = [{"run_date": day, "user_id": f"u{u}", "scene": "default", "rank": r, "item_id": f"i{r}", "score": 1.0 / r,
+    rows = [{"run_date": day, "user_id": f"u{u}", "scene": "default", "list": "main", "rank": r, "item_id": f"i{r}", "score": 1.0 / r,
              "model_version": model, "user_segment": "warm", "item_is_new": False, "reason": None}
             for u in range(users) for r in range(1, k + 1)]
     return pa.Table.from_pylist(rows, schema=RECOMMENDATIONS.schema)
@@ -53,7 +53,7 @@ def test_schema_mismatch_names_the_column(lake):
     bad = recs(D1).drop_columns(["score"])
     with pytest.raises(SchemaMismatchError, match="score"):
         lake.replace_partition("recommendations", bad, run_date=D1)
-    typed = recs(D1).set_column(5, "score", pa.array(["high"] * 6))
+    typed = recs(D1).set_column(RECOMMENDATIONS.columns.index("score"), "score", pa.array(["high"] * 6))
     with pytest.raises(SchemaMismatchError, match="score"):
         lake.replace_partition("recommendations", typed, run_date=D1)
     with pytest.raises(SchemaMismatchError, match="extra"):
@@ -179,3 +179,21 @@ def test_a_table_with_older_column_docs_takes_writes_and_gets_the_catalogs_docs(
     before = again.version("recommendations")
     again.replace_partition("recommendations", recs(D1), run_date=D1)
     assert again.version("recommendations") == before + 1
+
+
+def test_a_table_without_a_later_nullable_column_gains_it_and_keeps_its_rows(lake):
+    """recommendations.list came after the first releases: an older lake's table gets the column
+    (its old rows read null) instead of rejecting every score write."""
+    from deltalake import DeltaTable
+
+    old = pa.schema([f for f in RECOMMENDATIONS.schema if f.name != "list"])
+    DeltaTable.create(lake.uri("recommendations"), old, partition_by=["run_date"])
+    from deltalake import write_deltalake
+
+    write_deltalake(lake.uri("recommendations"), recs(D2).drop_columns(["list"]), mode="append", partition_by=["run_date"])
+    lake.replace_partition("recommendations", recs(D1), run_date=D1)
+    out = lake.read_pandas("recommendations")
+    assert "list" in out.columns and len(out) == 12
+    assert out.loc[out.run_date == D2, "list"].isna().all()
+    docs = {f.name: f.metadata.get("doc") for f in lake.table("recommendations").schema().fields}
+    assert docs["list"] == RECOMMENDATIONS.column_doc("list")

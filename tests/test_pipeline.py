@@ -68,7 +68,7 @@ def test_rerun_of_a_night_changes_nothing(tiny_run, spark):
     registry = lake.read_pandas("model_registry")
     run_days(settings, [days[-1]], stages=["embed", "train", "score"], spark=spark)
     after = lake.read_pandas("recommendations", filters=[("run_date", "=", days[-1])])
-    key = ["user_id", "scene", "rank"]
+    key = ["user_id", "scene", "list", "rank"]
     pd.testing.assert_frame_equal(before.sort_values(key).reset_index(drop=True),
                                   after.sort_values(key).reset_index(drop=True))
     assert lake.read_pandas("model_registry").model_version.tolist() == registry.model_version.tolist()

@@ -58,7 +58,7 @@ def world(tmp_path_factory):
     registry = train(None, settings, D)
     score(None, settings, D)
     recs = lake.read_pandas("recommendations", filters=[("run_date", "=", D)])
-    return settings, lake, registry, recs
+    return settings, lake, registry, recs[recs.list == "main"]  # the 'new' lists have their own test
 
 
 def test_every_active_user_gets_a_list_and_the_right_segment(world):
@@ -106,7 +106,7 @@ def test_profile_only_user_is_scored_from_the_profile(world):
 def test_cold_users_scores_add_the_popularity_boost_and_warm_users_do_not(world):
     settings, lake, registry, recs = world
     score(None, settings.replace(cold_user_popularity_boost=0.0), D)
-    plain = lake.read_pandas("recommendations", filters=[("run_date", "=", D)])
+    plain = lake.read_pandas("recommendations", filters=[("run_date", "=", D), ("list", "=", "main")])
     score(None, settings, D)  # back to the module's lists for the other tests
     catalogue = lake.read_pandas("items", columns=["item_id", "first_interaction"])
     pop = dict(zip(catalogue.item_id, serving_state(lake, catalogue, D)[1]))
@@ -152,7 +152,7 @@ def test_scene_is_the_most_frequent_recent_one_and_more_by_setting(world, tmp_pa
     assert scenes["u_warm"] == {"home"} and scenes["u_cold"] == {"search"} and scenes["u_profile"] == {"default"}
     two = settings.replace(scenes_per_user=2, top_k=3)
     score(None, two, D)
-    again = lake.read_pandas("recommendations", filters=[("run_date", "=", D)])
+    again = lake.read_pandas("recommendations", filters=[("run_date", "=", D), ("list", "=", "main")])
     assert set(again.loc[again.user_id == "u_warm", "scene"]) == {"home", "search"}
     assert again.groupby(["user_id", "scene"]).size().max() == 3
     score(None, settings, D)  # back to the module's lists for the other tests
@@ -161,12 +161,32 @@ def test_scene_is_the_most_frequent_recent_one_and_more_by_setting(world, tmp_pa
 def test_rerun_and_block_size_change_nothing(world):
     settings, lake, registry, recs = world
     score(None, settings.replace(score_block_users=2), D)
-    again = lake.read_pandas("recommendations", filters=[("run_date", "=", D)])
+    again = lake.read_pandas("recommendations", filters=[("run_date", "=", D), ("list", "=", "main")])
     key = ["user_id", "scene", "rank"]
     cols = ["user_id", "scene", "rank", "item_id", "user_segment", "reason"]
     assert len(again) == len(recs)
     assert again.sort_values(key)[cols].reset_index(drop=True).equals(recs.sort_values(key)[cols].reset_index(drop=True))
     assert np.allclose(again.sort_values(key).score, recs.sort_values(key).score, rtol=1e-5, atol=1e-6)
+
+
+def test_new_for_you_lists_rank_only_never_used_items_by_the_same_scores(world):
+    settings, lake, registry, main = world
+    recs = lake.read_pandas("recommendations", filters=[("run_date", "=", D)])
+    new = recs[recs.list == "new"]
+    # a_new is the one active item nobody has used: every (user, scene) list gets a shelf of it alone
+    assert set(recs.list) == {"main", "new"} and set(new.item_id) == {"a_new"} and new.item_is_new.all()
+    assert set(map(tuple, new[["user_id", "scene"]].to_numpy())) == set(map(tuple, main[["user_id", "scene"]].to_numpy()))
+    assert (new["rank"] == 1).all()
+    modelled = new[new.user_segment != "new"].merge(main[["user_id", "scene", "item_id", "score"]],
+                                                    on=["user_id", "scene", "item_id"], suffixes=("", "_main"))
+    assert len(modelled) == (new.user_segment != "new").sum()  # a_new is in every main list too (top_k > catalogue)
+    assert np.allclose(modelled.score, modelled.score_main, rtol=1e-5, atol=1e-6)  # the same model scores
+    prior = new[new.user_segment == "new"]
+    assert set(prior.user_id) == {"u_new"} and set(prior.model_version) == {registry["model_version"]}
+    assert set(prior.reason) == {"new in the catalogue"}
+    score(None, settings.replace(new_list_size=0), D)
+    assert set(lake.read_pandas("recommendations", filters=[("run_date", "=", D)]).list) == {"main"}
+    score(None, settings, D)  # back to the module's lists for the other tests
 
 
 @pytest.mark.parametrize("items,k,tile", [(5000, 50, 64), (300, 20, 7), (37, 10, 3), (5, 10, 2)])
