@@ -164,7 +164,7 @@ def world_report(world: str, res: dict, args) -> tuple[list[str], dict]:
         f"{s.train_id_learning_rate}), cold-user popularity boost {s.cold_user_popularity_boost}, seed={s.seed}).  ",
         "Seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in res["seconds"].items()) + f"; wall {res['wall']:.0f} s.",
         "",
-        "### Baseline parameters, tuned on the tuning day (Recall@20 all; hybrid: mean of all and cold items)",
+        "### Baseline parameters, tuned on the tuning day (objective: Recall@20, all targets)",
         "",
         "| method | chosen | Recall@20 all on the tuning day | cold items | settings tried |",
         "|---|---|---:|---:|---:|",

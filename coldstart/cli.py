@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     sql.add_argument("query")
     sql.add_argument("--output", default=None, help="write .csv or .parquet instead of printing")
 
+    qual = sub.add_parser("quality", help="quality pooled over every evaluated night: Recall@K per method and slice, "
+                                          "the user-days behind it, and the model's paired 95%% interval against each "
+                                          "method")
+    qual.add_argument("--k", type=int, default=20)
+    qual.add_argument("--skip-first", action="store_true", help="leave the first evaluated night out (a tuning day)")
+
     report = sub.add_parser("report", help="write the self-contained HTML report (quality, baselines, coverage)")
     report.add_argument("--output", default=None, help="HTML file (default: <setting reports>/report.html)")
 
@@ -81,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     vac.add_argument("--retention-hours", type=int, default=None,
                      help="also keep every file removed in the last N hours (default: retention days x 24)")
     return parser
+
+
+def pd_options():
+    import pandas as pd
+    return pd.option_context("display.width", 200, "display.max_rows", 200, "display.max_columns", 20)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -143,6 +154,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(frame.to_string(index=False))
         else:
             print(f"wrote {args.output}")
+    elif args.command == "quality":
+        from coldstart.evaluate import quality_table
+        from coldstart.lake import Lake
+        table = quality_table(Lake.from_settings(settings), k=args.k, skip_first=args.skip_first)
+        if table.empty:
+            print("coldstart quality: no evaluated night yet (run evaluate first)", file=sys.stderr)
+            return 1
+        with pd_options():
+            print(table.to_string(index=False))
     elif args.command == "report":
         from coldstart.report import write_report
         print(f"wrote {write_report(settings, args.output)}")

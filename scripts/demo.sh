@@ -50,8 +50,12 @@ echo
 echo "==> a few recommendations of $last (to show on the next day):"
 coldstart -q sql "SELECT user_id, scene, rank, item_id, round(score, 3) AS score, user_segment, item_is_new, reason FROM recommendations WHERE run_date = DATE '$last' AND user_id IN (SELECT min(user_id) FROM recommendations WHERE run_date = DATE '$last') AND rank <= 5 ORDER BY rank"
 echo
-echo "==> next-day quality (Recall@20, all users):"
+echo "==> next-day quality per night (Recall@20 = hits / min(20, |truth|), all target users):"
 coldstart -q sql "SELECT run_date, method, round(value, 4) AS recall_at_20, n_users FROM evaluation WHERE slice = 'all' AND metric = 'recall' AND k = 20 ORDER BY run_date, value DESC"
+echo
+echo "==> quality pooled over the demo's nights (user_days: how many (user, night) pairs each figure rests on;"
+echo "    cold_items: share of all cold positives found; a paired interval that spans 0 is not a win yet):"
+coldstart -q quality --k 20
 cat <<EOM
 
 ==> query the tables yourself, e.g.:

@@ -218,10 +218,10 @@ def test_tuning_picks_the_best_setting_of_the_grid(structured, spark, monkeypatc
 
     settings, lake, t = structured
     monkeypatch.setitem(baselines.GRIDS, "ease", {"l2": (1.0, 1e6)})
-    monkeypatch.setitem(baselines.GRIDS, "hybrid", {"cold_weight": (0.0, 1.0)})
+    monkeypatch.setitem(baselines.GRIDS, "hybrid", {"cold_weight": (0.1, 1.0)})
     tuned = tune_baselines(spark, lake, settings, D, k=K, methods=("popularity", "ease", "content_knn", "hybrid"))
     for method, result in tuned.items():
-        assert max(r for _, r, _ in result["grid"]) == result["recall"] or method == "hybrid", method
+        assert max(r for _, r, _ in result["grid"]) == result["recall"], method
         assert result["params"] in [p for p, _, _ in result["grid"]]
     assert len(tuned["popularity"]["grid"]) == len(baselines.GRIDS["popularity"]["half_life"])
     assert tuned["hybrid"]["params"]["l2"] == tuned["ease"]["params"]["l2"]
@@ -253,3 +253,11 @@ def test_evaluate_with_baselines_writes_every_method(structured, spark):
     assert ev.value.between(0, 1).all()
     n = users[(users.slice == "all") & (users.metric == "recall") & (users.k == 20)].groupby("method").size()
     assert (n == len(t.users)).all()
+    from coldstart.evaluate import quality_table
+
+    q = quality_table(lake, k=20, resamples=200)
+    everyone = q[q.slice == "all"].set_index("method")
+    assert set(everyone.index) == set(ev.method) and (everyone.user_days == len(t.users)).all()
+    assert (everyone.nights == 1).all() and everyone.loc["model", "model - method [95% interval]"] == ""
+    assert everyone.loc["popularity", "model - method [95% interval]"].count("[") == 1
+    assert quality_table(lake, k=20, skip_first=True).empty  # one night: nothing left without it

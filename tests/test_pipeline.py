@@ -22,8 +22,11 @@ def test_every_active_user_has_a_list_of_active_unconsumed_items(tiny_run):
     users = lake.read_pandas("users")
     active = set(users.loc[users.last_seen >= window_start(settings, last), "user_id"])
     assert active and set(recs.user_id) == active
-    assert recs.groupby(["user_id", "scene"]).size().max() <= settings.top_k
-    assert not recs.duplicated(["user_id", "scene", "item_id"]).any()
+    assert recs.groupby(["user_id", "scene", "list"]).size().max() <= settings.top_k
+    assert not recs.duplicated(["user_id", "scene", "list", "item_id"]).any()
+    new = recs[recs.list == "new"]
+    assert set(recs.list) == {"main", "new"} and new.item_is_new.all()
+    assert new.groupby(["user_id", "scene"]).size().max() <= settings.new_list_size
     items = lake.read_pandas("items")
     assert set(recs.item_id) <= set(items.loc[items.active, "item_id"])
     consumed = lake.read_pandas("interactions", columns=["user_id", "item_id"])
