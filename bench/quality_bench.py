@@ -78,6 +78,14 @@ def land_world(world: str, settings: Settings, args) -> list[dt.date]:
     return [dt.date.fromisoformat(day.date) for day in synth(settings.landing, cfg)]
 
 
+def days_landed(landing: Path) -> list[dt.date]:
+    """The days of an earlier run's landing zone (``--evaluate-only``)."""
+    found = sorted(p.name.split("=", 1)[1] for p in (landing / "interactions").glob("date=*"))
+    if not found:
+        raise SystemExit(f"--evaluate-only: no landed days under {landing}")
+    return [dt.date.fromisoformat(d) for d in found]
+
+
 def cold_only_lists(lists: dict[str, list[str]], prior_items: set) -> dict[str, list[str]]:
     return {u: [i for i in items if i not in prior_items] for u, items in lists.items()}
 
@@ -90,12 +98,13 @@ def run_world(world: str, spark, args) -> dict:
     from coldstart.pipeline import STAGES, run_stage
 
     work = Path(args.work).resolve() / world
-    shutil.rmtree(work, ignore_errors=True)
+    if not args.evaluate_only:
+        shutil.rmtree(work, ignore_errors=True)
     settings = world_settings(work)
-    days = land_world(world, settings, args)
+    days = land_world(world, settings, args) if not args.evaluate_only else days_landed(work / "landing")
     seconds: dict[str, float] = {stage: 0.0 for stage in STAGES}
     started = time.perf_counter()
-    for day in days:
+    for day in days if not args.evaluate_only else ():
         for stage in STAGES:
             t0 = time.perf_counter()
             run_stage(stage, settings, day, spark=spark)
@@ -242,6 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--media-events", type=int, default=20000, help="events per day")
     parser.add_argument("--media-new-users", type=int, default=600, help="new users per day")
     parser.add_argument("--media-new-items", type=int, default=100, help="new items per day")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="reuse the lakes an earlier run left under --work (its nights all done): tune and "
+                             "evaluate only")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.md"))

@@ -325,8 +325,8 @@ def method_lists(spark, lake: Lake, settings: Settings, data: FitData, method: s
                  item_content: dict[str, np.ndarray] | None = None) -> dict[str, list[str]]:
     """One baseline's lists with ``params`` (DEFAULT_PARAMS[method] for the missing ones)."""
     p = {**DEFAULT_PARAMS[method], **(params or {})}
-    if method in ("content_knn", "hybrid") and item_content is None:
-        item_content = content_vectors(lake, settings, "item")
+    content = item_content if item_content is not None or method not in ("content_knn", "hybrid") \
+        else content_vectors(lake, settings, "item")
     if method == "popularity":
         return popularity_lists(data, users, consumed, k, **p)
     if method == "item_knn":
@@ -334,9 +334,9 @@ def method_lists(spark, lake: Lake, settings: Settings, data: FitData, method: s
     if method == "ease":
         return ease_lists(data, users, consumed, k, **p)
     if method == "content_knn":
-        return content_knn_lists(data, users, consumed, k, item_content, **p)
+        return content_knn_lists(data, users, consumed, k, content or {}, **p)
     if method == "hybrid":
-        return hybrid_lists(data, users, consumed, k, item_content, **p)
+        return hybrid_lists(data, users, consumed, k, content or {}, **p)
     if method == "als":
         if spark is None:
             from coldstart.spark import get_session

@@ -83,7 +83,7 @@ def _dcg(hits: np.ndarray) -> float:
 
 def per_user_metrics(lists: dict[str, list[str]], t: Targets) -> pd.DataFrame:
     """One row per (user, slice, metric, k) with the user's value: the input of means and bootstraps."""
-    rows = []
+    rows: list[tuple] = []
     for user in t.users:
         truth = t.truth[user]
         ranked = lists.get(user, [])
@@ -148,23 +148,19 @@ def paired_difference(per_user: pd.DataFrame, a: str, b: str, slice_: str, k: in
                "high": float("nan")}
     if wide.empty or (a, wanted[0]) not in wide or (b, wanted[0]) not in wide:
         return nothing
+    # one statistic for both: (sum of a - sum of b) / sum of the denominators, which are 1 for a mean
     if micro:
         data = (wide[(a, "hits")].to_numpy(), wide[(b, "hits")].to_numpy(), wide[(a, "positives")].to_numpy())
-
-        def statistic(ha, hb, pos, axis=-1):
-            return (ha.sum(axis=axis) - hb.sum(axis=axis)) / pos.sum(axis=axis)
-
-        value_a, value_b = data[0].sum() / data[2].sum(), data[1].sum() / data[2].sum()
     else:
-        data = (wide[(a, metric)].to_numpy() - wide[(b, metric)].to_numpy(),)
+        data = (wide[(a, metric)].to_numpy(), wide[(b, metric)].to_numpy(), np.ones(len(wide)))
 
-        def statistic(diff, axis=-1):
-            return diff.mean(axis=axis)
+    def statistic(va, vb, denominator, axis=-1):
+        return (va.sum(axis=axis) - vb.sum(axis=axis)) / denominator.sum(axis=axis)
 
-        value_a, value_b = wide[(a, metric)].mean(), wide[(b, metric)].mean()
+    value_a, value_b = data[0].sum() / data[2].sum(), data[1].sum() / data[2].sum()
     n = len(wide)
     mean = float(statistic(*data))
-    if n < 2 or np.all(data[0] == data[0][0]) and len(data) == 1:
+    if n < 2 or np.all(data[0] - data[1] == data[0][0] - data[1][0]) and not micro:
         return {**nothing, "n": n, "a": float(value_a), "b": float(value_b), "mean": mean, "low": mean, "high": mean}
     res = bootstrap(data, statistic, paired=True, vectorized=True, n_resamples=resamples, method="percentile",
                     confidence_level=0.95, random_state=np.random.default_rng(seed))
@@ -252,7 +248,7 @@ def tune_baselines(spark, lake: Lake, settings: Settings, run_date: dt.date, k: 
         grid = GRIDS[method]
         tried: dict[tuple, tuple[float, float]] = {}
 
-        def run(params: dict) -> float:
+        def run(params: dict, method: str = method, tried: dict = tried) -> float:  # bound now: B023
             key = tuple(sorted(params.items()))
             if key not in tried:
                 tried[key] = measure(method, params)
