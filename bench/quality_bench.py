@@ -91,7 +91,7 @@ def cold_only_lists(lists: dict[str, list[str]], prior_items: set) -> dict[str, 
 
 
 def run_world(world: str, spark, args) -> dict:
-    from coldstart.baselines import fit_data, method_lists
+    from coldstart.baselines import GRIDS, fit_data, method_lists
     from coldstart.evaluate import model_lists, per_user_metrics, targets, tune_baselines
     from coldstart.features import content_vectors
     from coldstart.lake import Lake
@@ -112,8 +112,16 @@ def run_world(world: str, spark, args) -> dict:
         log.info("%s: night %s done (%.0f s so far)", world, day, time.perf_counter() - started)
     lake = Lake.from_settings(settings)
     evaluated = days[1:]
+    if args.evaluate_only:  # an unfinished earlier run: the days whose lists (D-1) and events (D) are both there
+        scored = set(lake.read_pandas("recommendations", columns=["run_date"])["run_date"].unique())
+        ingested = set(lake.read_pandas("interactions", columns=["run_date"])["run_date"].unique())
+        evaluated = [d for d in evaluated if d - dt.timedelta(days=1) in scored and d in ingested]
+        days = [days[0]] + evaluated
+        if len(evaluated) < 2:
+            raise SystemExit(f"--evaluate-only: {world} has {len(evaluated)} evaluable days; at least 2 are needed")
     t0 = time.perf_counter()
-    tuned = tune_baselines(spark, lake, settings, evaluated[0], k=K)
+    methods = tuple(m for m in GRIDS if m not in args.skip)
+    tuned = tune_baselines(spark, lake, settings, evaluated[0], k=K, methods=methods)
     seconds["tuning"] = time.perf_counter() - t0
     params = {m: r["params"] for m, r in tuned.items()}
     item_content = content_vectors(lake, settings, "item")
@@ -137,7 +145,7 @@ def run_world(world: str, spark, args) -> dict:
         cold_candidates = sorted(set(data.item_ids) - t.prior_items)
         cold = {"model_new": new or cold_only_lists(main, t.prior_items),
                 "content_knn": method_lists(spark, lake, settings, data, "content_knn", t.users, excluded, K,
-                                            params["content_knn"], item_content),
+                                            params.get("content_knn"), item_content),
                 "random": {u: list(rng.permutation(cold_candidates)[:K]) for u in t.users}}
         for method, lists in cold.items():
             part = per_user_metrics(cold_only_lists(lists, t.prior_items), t)
@@ -254,10 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluate-only", action="store_true",
                         help="reuse the lakes an earlier run left under --work (its nights all done): tune and "
                              "evaluate only")
+    parser.add_argument("--skip", default="", help="comma-separated baselines to leave out (say so when quoting)")
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality.md"))
     args = parser.parse_args(argv)
+    args.skip = tuple(m for m in args.skip.split(",") if m)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("coldstart.model", "coldstart.lake", "py4j", "coldstart.ingest", "coldstart.embed", "coldstart.encoder",
                   "coldstart.report", "coldstart.baselines"):

@@ -192,7 +192,7 @@ EVALUATION = Table(
         col("run_date", pa.date32(), "Night that evaluated (events of this date against lists of the day before).", nullable=False),
         col("method", pa.string(), "model or a baseline name.", nullable=False),
         col("slice", pa.string(), "all, cold_users, warm_users, cold_items, cold_only.", nullable=False),
-        col("metric", pa.string(), "recall (hits / min(k, |truth|)), recall_plain (hits / |truth|), ndcg; for cold_items also hits and positives (counts).", nullable=False),
+        col("metric", pa.string(), "recall (hits / min(k, |truth|)), recall_plain (hits / |truth|), ndcg.", nullable=False),
         col("k", pa.int32(), "Cut-off.", nullable=False),
         col("value", pa.float64(), "Mean over target users of the slice; cold_items recall is micro-averaged (all cold positives found / all cold positives)."),
         col("n_users", pa.int64(), "Target users in the slice.", nullable=False),

@@ -172,6 +172,7 @@ def summarise(per_user: pd.DataFrame, run_date: dt.date, method: str, model_vers
     if per_user.empty:
         return []
     g = pooled(per_user.assign(method=method))
+    g = g[~g["metric"].isin(("hits", "positives"))]  # counts: they stay per user, in evaluation_users
     return [{"run_date": run_date, "method": method, "slice": r["slice"], "metric": r["metric"], "k": int(r["k"]),
              "value": float(r["value"]), "n_users": int(r["n"]), "model_version": model_version}
             for _, r in g.iterrows()]
