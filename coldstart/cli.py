@@ -6,6 +6,9 @@ import argparse
 import datetime as dt
 import logging
 import sys
+import traceback
+
+from coldstart.config import bounded_argument
 
 
 def _date(text: str) -> dt.date:
@@ -15,12 +18,26 @@ def _date(text: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
 
 
+def _at_least(lo: int):
+    """argparse type: an integer >= lo."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"{value}: must be at least {lo}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     from coldstart.pipeline import STAGES
 
     parser = argparse.ArgumentParser(prog="coldstart", description=__doc__)
     parser.add_argument("--config", default=None, help="TOML settings file (default: $COLDSTART_CONFIG)")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print the traceback of an error too")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="run the stages in order for a date or a range, in-process")
@@ -31,16 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     run.add_argument("--skip", default="", help="comma-separated stages to skip")
     run.add_argument("--full-retrain", action="store_true", help="train from scratch instead of from D-1")
-    run.add_argument("--top-k", type=int, default=None)
+    run.add_argument("--top-k", type=bounded_argument("top_k"), default=None, help="list length (default: setting top_k)")
     run.add_argument("--cascade", action="store_true",
                      help="also re-run every later night the night manifest knows, oldest first (without it, later "
                           "nights keep what they were built from)")
 
     rep = sub.add_parser("replay", help="write the bundled MovieLens sample into the landing zone")
     rep.add_argument("--start", type=_date, default=dt.date(2024, 1, 1), help="bootstrap day (default 2024-01-01)")
-    rep.add_argument("--days", type=int, default=14, help="replay days after the bootstrap day (default 14)")
+    rep.add_argument("--days", type=_at_least(1), default=14, help="replay days after the bootstrap day (default 14)")
     rep.add_argument("--landing", default=None, help="landing root (default: setting landing)")
-    rep.add_argument("--users-limit", type=int, default=None, help="keep only the first N users (tiny slices)")
+    rep.add_argument("--users-limit", type=_at_least(1), default=None, help="keep only the first N users (tiny slices)")
 
     syn = sub.add_parser("synth", help="write synthetic landing days (power-law users/items, topics, item-to-item "
                                        "links, broken rows)")
@@ -81,10 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("tables", help="list every table with its columns and docs")
     vac = sub.add_parser("vacuum", help="delete unreferenced files (old versions and orphans of crashed writes), "
                                         "keeping what re-runs of the last COLDSTART_RETENTION_DAYS days need")
-    vac.add_argument("--retention-days", type=int, default=None,
+    vac.add_argument("--retention-days", type=_at_least(0), default=None,
                      help="keep the versions and checkpoints that the night manifest of the last N days needs "
                           "(default: setting retention_days)")
-    vac.add_argument("--retention-hours", type=int, default=None,
+    vac.add_argument("--retention-hours", type=_at_least(0), default=None,
                      help="also keep every file removed in the last N hours (default: retention days x 24)")
     return parser
 
@@ -95,16 +112,27 @@ def pd_options():
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; an error that names what to fix (user_errors) prints one line (the traceback
+    too with -v) and returns 2 for settings, 1 for the rest."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    from coldstart.config import Settings, SettingsError, describe
+    from coldstart.config import SettingsError
+    from coldstart.pipeline import user_errors
 
     try:
-        settings = Settings.load(args.config)
-    except SettingsError as exc:
-        print(f"coldstart: {exc}", file=sys.stderr)
-        return 2
+        return _command(args)
+    except user_errors() as exc:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"coldstart {args.command}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, SettingsError) else 1
+
+
+def _command(args: argparse.Namespace) -> int:
+    from coldstart.config import Settings, describe
+
+    settings = Settings.load(args.config)
     if args.command == "settings":
         print(describe())
     elif args.command == "tables":
@@ -137,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.first and not args.last:
             print("coldstart run: --from needs --to", file=sys.stderr)
             return 2
+        if args.first and args.last < args.first:
+            print(f"coldstart run: --to {args.last} is before --from {args.first}", file=sys.stderr)
+            return 2
         dates = [args.date] if args.date else date_range(args.first, args.last)
         stages = [s for s in args.stages.split(",") if s]
         unknown = [s for s in stages + [s for s in args.skip.split(",") if s] if s not in STAGES]
@@ -167,11 +198,12 @@ def main(argv: list[str] | None = None) -> int:
         from coldstart.report import write_report
         print(f"wrote {write_report(settings, args.output)}")
     elif args.command == "vacuum":
+        from coldstart.catalog import TABLES
+        from coldstart.lake import Lake
         from coldstart.night import vacuum_lake
         keep_days = settings.retention_days if args.retention_days is None else args.retention_days
-        if keep_days < 0 or (args.retention_hours is not None and args.retention_hours < 0):
-            print("coldstart vacuum: --retention-days and --retention-hours must not be negative", file=sys.stderr)
-            return 2
+        # a log that lost files would let vacuum delete data files still in use: check every table first
+        Lake.from_settings(settings).check_tables(TABLES)
         for line in vacuum_lake(settings, keep_days, args.retention_hours):
             print(line)
     return 0

@@ -1,15 +1,20 @@
 """One settings object, read from ``COLDSTART_*`` environment variables and an optional TOML file.
 
 Precedence: explicit overrides > environment > TOML file (``COLDSTART_CONFIG``) > defaults.
-Every field documents itself; ``coldstart settings`` prints them all. A bad value raises
-:class:`SettingsError` naming the environment variable, so a typo in a DAG's env fails loudly.
+Every field documents itself; ``coldstart settings`` prints them all. Every value is checked when
+the settings are loaded (numbers against their range, so that a huge value cannot overflow a date or
+a tensor deep inside a stage); a bad one raises :class:`SettingsError` naming the environment
+variable, so a typo in a DAG's env fails loudly, before any stage runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
+from argparse import ArgumentTypeError
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -36,7 +41,8 @@ class Settings:
                         "(s3a:// is the same object; credentials from the AWS_* environment).", "var/landing")
     lake: str = _doc("Root of the Delta tables: a local path or s3://bucket/prefix.", "var/lake")
     models: str = _doc("Root of the model checkpoints (one folder or prefix per run date): a local path or s3://.", "var/models")
-    reports: str = _doc("Folder for HTML reports: a local path or s3://.", "var/reports")
+    reports: str = _doc("Folder for HTML reports: a local path or s3://; empty = <lake>/_reports, so reports follow "
+                        "the lake.", "")
     # --- spark ---------------------------------------------------------------------------
     spark_master: str = _doc("Spark master URL.", "local[2]")
     spark_shuffle_partitions: int = _doc("spark.sql.shuffle.partitions (keep small locally).", 4)
@@ -144,24 +150,120 @@ class Settings:
             if not ok:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)!r}: {why}")
 
-        for name in ("spark_shuffle_partitions", "encoder_max_length", "encoder_batch_size", "model_dim",
-                     "train_batch_size", "top_k", "active_days", "scenes_per_user", "score_block_users"):
-            need(getattr(self, name) > 0, name, "must be positive")
-        for name in ("encoder_threads", "new_list_size", "task_retries", "landing_timeout_minutes", "retention_days", "lateness_days", "train_epochs_warm", "train_epochs_full", "train_replay_sample"):
-            need(getattr(self, name) >= 0, name, "must not be negative")
-        need(0.0 <= self.train_id_dropout < 1.0, "train_id_dropout", "must be in [0, 1)")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            need(f.name in RANGES, f.name, "has no range (add one to config.RANGES)")
+            lo, hi = RANGES[f.name]
+            need(math.isfinite(value), f.name, "must be a finite number")
+            need(lo <= value <= hi, f.name, f"must be between {lo} and {hi}")
         for name in ("train_learning_rate", "train_id_learning_rate"):
             need(getattr(self, name) > 0.0, name, "must be positive")
-        need(self.cold_user_popularity_boost >= 0.0, "cold_user_popularity_boost", "must not be negative")
+        need(self.train_id_dropout < 1.0, "train_id_dropout", "must be in [0, 1)")
         need(0.0 < self.spark_memory_fraction < 1.0, "spark_memory_fraction", "must be in (0, 1)")
-        need(self.encoder_device in ("auto", "cpu", "cuda"), "encoder_device", "must be auto, cpu or cuda")
-        need(bool(self.event_types), "event_types", "needs at least one event type")
+        need(self.loss_weight_interact + self.loss_weight_rating > 0.0, "loss_weight_interact",
+             "and COLDSTART_LOSS_WEIGHT_RATING cannot both be 0 (nothing would be learnt)")
         need(self.spark_task_gpus <= max(self.spark_executor_gpus, 0) or self.spark_executor_gpus == 0,
              "spark_task_gpus", "cannot exceed spark_executor_gpus")
+        for name in ("landing", "lake", "models", "spark_master", "encoder_name"):
+            need(bool(getattr(self, name).strip()), name, "must not be empty")
+        need(not re.search(r"\s", self.spark_master), "spark_master", "must not contain spaces")
+        need(re.fullmatch(r"\d+[kmgt]?b?", self.spark_driver_memory.strip().lower()) is not None,
+             "spark_driver_memory", "expected a JVM size such as 512m or 2g")
+        need(self.encoder_device in ("auto", "cpu", "cuda"), "encoder_device", "must be auto, cpu or cuda")
+        need(self.encoder_sha256.strip().lower() in ("auto", "") or
+             re.fullmatch(r"[0-9a-f]{64}", self.encoder_sha256.strip().lower()) is not None,
+             "encoder_sha256", "expected 64 hex digits, 'auto' or ''")
+        need(bool(self.event_types), "event_types", "needs at least one event type")
+        need(all(0 < len(t) <= 256 for t in self.event_types), "event_types", "each must have 1 to 256 characters")
+        need(not self.webhook_url or re.match(r"https?://\S+$", self.webhook_url) is not None, "webhook_url",
+             "must be an http(s):// URL or empty")
+        need(_schedule_ok(self.schedule), "schedule", "not a cron expression or an Airflow preset (@daily, ...)")
+
+    def reports_root(self) -> str:
+        """Where reports are written: the reports setting, else ``<lake>/_reports`` (local or on the lake's
+        object store), so that reports follow the lake instead of landing in the working directory."""
+        if self.reports.strip():
+            return self.reports
+        return f"{self.lake.rstrip('/')}/_reports"
 
     # Locations as paths (local lake) -----------------------------------------------------
     def table_uri(self, table: str) -> str:
         return f"{self.lake.rstrip('/')}/{table}"
+
+
+# The closed range of every numeric setting. Bounds are generous but finite: a value past them would
+# overflow a date (lateness_days=1000000), a seed or a tensor size long after the night started.
+RANGES: dict[str, tuple[float, float]] = {
+    "spark_shuffle_partitions": (1, 100_000),
+    "spark_memory_fraction": (0.0, 1.0),
+    "spark_executor_gpus": (0.0, 1024.0),
+    "spark_task_gpus": (0.0, 1024.0),
+    "lateness_days": (0, 3650),
+    "max_text_chars": (1, 10_000_000),
+    "encoder_max_length": (1, 8192),
+    "encoder_batch_size": (1, 65_536),
+    "encoder_threads": (0, 1024),
+    "model_dim": (1, 4096),
+    "train_epochs_warm": (0, 1000),
+    "train_epochs_full": (0, 1000),
+    "train_replay_sample": (0, 1_000_000_000),
+    "train_batch_size": (1, 10_000_000),
+    "train_learning_rate": (0.0, 10.0),
+    "train_id_learning_rate": (0.0, 10.0),
+    "train_id_dropout": (0.0, 1.0),
+    "loss_weight_interact": (0.0, 1000.0),
+    "loss_weight_rating": (0.0, 1000.0),
+    "seed": (0, 2**32 - 1),
+    "top_k": (1, 1000),
+    "new_list_size": (0, 1000),
+    "active_days": (1, 3650),
+    "scenes_per_user": (1, 100),
+    "score_block_users": (1, 10_000_000),
+    "cold_user_popularity_boost": (0.0, 1000.0),
+    "task_retries": (0, 100),
+    "landing_timeout_minutes": (0, 525_600),
+    "retention_days": (0, 3650),
+}
+
+
+def check_range(name: str, value: Any, where: str) -> Any:
+    """``value`` if it lies in the range of setting ``name``, else SettingsError naming ``where`` (a CLI
+    argument such as ``--top-k`` that overrides the setting)."""
+    lo, hi = RANGES[name]
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi):
+        raise SettingsError(f"{where}={value!r}: must be between {lo} and {hi}")
+    return value
+
+
+def bounded_argument(setting: str):
+    """argparse type: an integer in the range of ``setting`` (config.RANGES), so that a bad argument fails
+    at the start, naming the argument, not in the stage that uses it."""
+    def parse(text: str) -> int:
+        lo, hi = RANGES[setting]
+        try:
+            value = int(text)
+        except ValueError:
+            raise ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not lo <= value <= hi:
+            raise ArgumentTypeError(f"{value} is out of range: must be between {lo} and {hi}")
+        return value
+    return parse
+
+
+# Airflow's cron presets (airflow.utils.dates.cron_presets); the DAG's cron timetable takes no others.
+_PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly")
+
+
+def _schedule_ok(schedule: str) -> bool:
+    """A preset, or a cron expression croniter (Airflow's parser) accepts; checked without importing Airflow."""
+    text = schedule.strip()
+    if text in _PRESETS:
+        return True
+    from croniter import croniter
+
+    return croniter.is_valid(text)
 
 
 def _coerce(f: dataclasses.Field, value: Any, where: str) -> Any:

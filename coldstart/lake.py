@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import logging
 import operator
+import re
 import uuid
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping
@@ -45,6 +46,23 @@ log = logging.getLogger("coldstart.lake")
 
 class SchemaMismatchError(ValueError):
     """Data does not fit a table's catalog schema; the message names the column."""
+
+
+class CorruptTableError(RuntimeError):
+    """A table's Delta log cannot be read whole; the message names the table and the version."""
+
+
+# File counts a commit's commitInfo promises (delta-rs and Spark metrics, and the counts Lake.write_spark
+# records on the transactions it builds itself), so that a commit cut at a line boundary, which still parses,
+# is found. (added key, removed key) per naming scheme.
+_FILE_COUNT_METRICS = (("num_added_files", "num_removed_files"), ("num_target_files_added", "num_target_files_removed"),
+                       ("numFilesAdded", "numFilesRemoved"), ("numAddedFiles", "numRemovedFiles"))
+_ADDED_KEY, _REMOVED_KEY = "coldstart.numAddedFiles", "coldstart.numRemovedFiles"
+# Operations whose commit carries a metaData action (and, for a new table, the protocol too).
+_METADATA_OPERATIONS = ("CREATE TABLE", "CREATE OR REPLACE TABLE", "UPDATE FIELD METADATA", "SET TBLPROPERTIES",
+                        "ADD COLUMN", "CHANGE COLUMN")
+_COMMIT_FILE = re.compile(r"^(\d{20})\.json$")
+_CHECKPOINT_FILE = re.compile(r"^(\d{20})\.checkpoint(\.\d+\.\d+)?\.parquet$")
 
 
 def _is_local(uri: str) -> bool:
@@ -229,14 +247,15 @@ class Lake:
         return [Transaction(claim_id(name, {c: _partition_text(v) for c, v in (partition or {}).items()}),
                             int(dt.datetime.now(dt.timezone.utc).timestamp()))]
 
-    def _commit_properties(self, name: str, partition: Mapping | None, txns: Iterable[Transaction] = ()) -> CommitProperties | None:
+    def _commit_properties(self, name: str, partition: Mapping | None, txns: Iterable[Transaction] = (),
+                           meta: Mapping[str, str] | None = None) -> CommitProperties | None:
         night = self._night()
         txns = [*txns, *self._claim(name, partition)]
-        if night is None:
-            return CommitProperties(app_transactions=txns)
-        meta = {"coldstart.run_date": night.run_date.isoformat(), "coldstart.stage": night.stage,
-                "coldstart.run": night.token}
-        return CommitProperties(app_transactions=txns, custom_metadata=meta)
+        meta = dict(meta or {})
+        if night is not None:
+            meta.update({"coldstart.run_date": night.run_date.isoformat(), "coldstart.stage": night.stage,
+                         "coldstart.run": night.token})
+        return CommitProperties(app_transactions=txns, custom_metadata=meta or None)
 
     def _conflict(self, name: str, exc: Exception, partition: Mapping | None = None) -> ConcurrentWriteError:
         night = self._night()
@@ -264,6 +283,53 @@ class Lake:
             if entry.get("coldstart.run") == night.token:
                 return int(entry["version"])
         return latest.version()
+
+    # --- log checks ---------------------------------------------------------------------------
+    def check_tables(self, names: Iterable[str]) -> dict[str, int]:
+        """:meth:`check_log` for each table: {name: version} of those that exist. Jobs call it before any
+        work, so that a damaged table stops the job before it reads or writes anything."""
+        versions = {}
+        for name in names:
+            version = self.check_log(name)
+            if version is not None:
+                versions[name] = version
+        return versions
+
+    def check_log(self, name: str) -> int | None:
+        """The table's latest version after checking that its log can be read whole: every commit since
+        the last checkpoint is present, parses line by line, and holds the files its commitInfo counts
+        (a commit cut at a line boundary parses, but would silently drop files). None when the table does
+        not exist. Raises CorruptTableError naming the table, the version and the file."""
+        where = storage.join(self.uri(name), "_delta_log")
+        try:
+            listing = storage.list_dir(where)
+        except OSError as exc:
+            raise CorruptTableError(f"table {name}: its Delta log {where} cannot be listed ({exc})") from None
+        names = [entry.name for entry in listing if entry.is_file]
+        commits = sorted(int(m.group(1)) for m in map(_COMMIT_FILE.match, names) if m)
+        checkpoints = sorted(int(m.group(1)) for m in map(_CHECKPOINT_FILE.match, names) if m)
+        if not commits and not checkpoints:
+            return None
+        latest = max(commits + checkpoints)
+        # Commits before the newest checkpoint are not read by delta-rs (and may have been cleaned up).
+        first = checkpoints[-1] + 1 if checkpoints else 0
+        present = set(commits)
+        for version in range(first, latest + 1):
+            if version not in present:
+                raise CorruptTableError(f"table {name}: version {version} is missing from its Delta log ({where}): "
+                                        f"versions {first}..{latest} must all be there")
+            try:
+                data = storage.read_bytes(storage.join(where, f"{version:020d}.json"))
+            except OSError as exc:
+                raise CorruptTableError(f"table {name}: version {version} of its Delta log cannot be read "
+                                        f"({where}/{version:020d}.json: {exc})") from None
+            problem = _commit_problem(data, version)
+            if problem:
+                hint = (f"; restore the file, or delete it to roll the table back to version {version - 1} and "
+                        f"re-run the job that wrote it") if version == latest and version > first else ""
+                raise CorruptTableError(f"table {name}: version {version} of its Delta log is damaged: {problem} "
+                                        f"({where}/{version:020d}.json){hint}")
+        return latest
 
     # --- schema -------------------------------------------------------------------------------
     def conform(self, name: str, data: pa.Table | pa.RecordBatch) -> pa.Table:
@@ -483,7 +549,14 @@ class Lake:
         # An add-action commit records no read predicate, so delta-rs would not see a concurrent write of
         # the same partition: the claim id (coldstart.night) makes two such commits conflict.
         txns = [Transaction(f"coldstart:{name}:{txn_id}", 1)] if txn_id else []
-        commit = self._commit_properties(name, fixed, txns)
+        # The file counts go into commitInfo, which delta-rs leaves without metrics for these transactions:
+        # check_log compares them with the commit's actions (a commit cut at a line boundary still parses).
+        removed = 0
+        if mode in ("replace_partition", "overwrite"):
+            wanted = fixed or {}
+            removed = sum(all(str(a.get(f"partition.{c}")) == v for c, v in wanted.items())
+                          for a in pa.table(dt_.get_add_actions(flatten=True)).to_pylist())
+        commit = self._commit_properties(name, fixed, txns, {_ADDED_KEY: str(len(actions)), _REMOVED_KEY: str(removed)})
         if mode == "append" and not actions:
             return 0
         try:
@@ -771,6 +844,50 @@ def _filtered(df, row_filters: list[tuple]):
         df = df.filter({"<=": F.col(column) <= F.lit(value), "<": F.col(column) < F.lit(value),
                         "=": F.col(column) == F.lit(value)}[op])
     return df
+
+
+def _commit_problem(data: bytes, version: int) -> str | None:
+    """Why one commit file is not a whole Delta commit, or None when it is."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not UTF-8 ({exc})"
+    actions = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            action = json.loads(line)
+        except ValueError as exc:
+            return f"line {number} is not JSON, the file is cut off or overwritten ({exc})"
+        if not isinstance(action, dict) or len(action) != 1:
+            return f"line {number} is not one Delta action"
+        actions.append(action)
+    if not actions:
+        return "the commit is empty"
+    kinds = [next(iter(a)) for a in actions]
+    info = next((a["commitInfo"] for a in actions if "commitInfo" in a), None) or {}
+    operation = str(info.get("operation", ""))
+    if version == 0 or operation.startswith("CREATE"):
+        missing = [k for k in ("protocol", "metaData") if k not in kinds]
+        if missing:
+            return f"a table's first commit needs {' and '.join(missing)}, which it lacks"
+    elif operation in _METADATA_OPERATIONS and "metaData" not in kinds:
+        return f"{operation} commit without its metaData action"
+    metrics = dict(info.get("operationMetrics") or {})
+    metrics.update({k: info[k] for k in (_ADDED_KEY, _REMOVED_KEY) if k in info})
+    for added_key, removed_key in (*_FILE_COUNT_METRICS, (_ADDED_KEY, _REMOVED_KEY)):
+        for key, kind in ((added_key, "add"), (removed_key, "remove")):
+            if key not in metrics:
+                continue
+            try:
+                promised = int(metrics[key])
+            except (TypeError, ValueError):
+                continue
+            if kinds.count(kind) != promised:
+                return (f"its commitInfo ({operation or 'unknown operation'}) counts {promised} {kind} action(s) "
+                        f"but the file holds {kinds.count(kind)}: lines were lost")
+    return None
 
 
 def _partition_predicate(partition: Mapping) -> str:

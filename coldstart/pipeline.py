@@ -17,6 +17,34 @@ STAGES = ("ingest", "embed", "train", "score", "evaluate")
 # Stages that run Spark jobs. The others read and write Delta through delta-rs; evaluate starts a
 # session itself only when the ALS baseline needs one.
 SPARK_STAGES = ("ingest", "embed")
+# The tables each stage reads or writes (with the night's bookkeeping): its job checks their Delta logs
+# before any work.
+_BOOKKEEPING = ("night_manifest", "stage_runs")
+STAGE_TABLES = {
+    "ingest": ("interactions", "items", "users", "quarantine", "ingest_audit", *_BOOKKEEPING),
+    "embed": ("items", "users", "entity_embeddings", *_BOOKKEEPING),
+    "train": ("interactions", "items", "users", "entity_embeddings", "model_registry", *_BOOKKEEPING),
+    "score": ("interactions", "items", "users", "entity_embeddings", "model_registry", "recommendations",
+              *_BOOKKEEPING),
+    "evaluate": ("interactions", "items", "users", "entity_embeddings", "recommendations", "evaluation",
+                 "evaluation_users", *_BOOKKEEPING),
+}
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that say what to fix (a setting, a landing folder, a damaged table, a query): the CLI and the
+    jobs print their message in one line; anything else is a bug and keeps its traceback."""
+    import duckdb
+
+    from coldstart.config import SettingsError
+    from coldstart.encoder import EncoderError
+    from coldstart.lake import CorruptTableError, SchemaMismatchError
+    from coldstart.landing import LandingError
+    from coldstart.night import ConcurrentWriteError, RetentionError
+    from coldstart.storage import StorageError
+
+    return (SettingsError, LandingError, StorageError, CorruptTableError, SchemaMismatchError, EncoderError,
+            ConcurrentWriteError, RetentionError, duckdb.Error)
 
 
 def needs_spark(stage: str) -> bool:
@@ -40,6 +68,36 @@ def check_storage(settings: Settings) -> None:
             checked.add((storage.bucket_of(uri), name))
 
 
+def check_start(settings: Settings, stages: Iterable[str], dates: Iterable[dt.date] = (),
+                top_k: int | None = None) -> None:
+    """Everything a run of ``stages`` over ``dates`` can know is wrong before its first stage, so that it
+    fails before any commit rather than halfway through the night: the settings (checked when loaded),
+    ``top_k``, the encoder's folder and weights (embed), where reports go (evaluate), each date's landing
+    folder (ingest), every object-store location (:func:`check_storage`) and the Delta logs of every
+    table the stages touch. Raises SettingsError, StorageError, EncoderError, LandingError or
+    CorruptTableError, each naming what to fix."""
+    from coldstart.config import check_range
+    from coldstart.lake import Lake
+
+    stages = list(stages)
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)}")
+    if top_k is not None:
+        check_range("top_k", top_k, "--top-k")
+    check_storage(settings)
+    if "embed" in stages:
+        from coldstart.encoder import check_encoder
+        check_encoder(settings)
+    if "evaluate" in stages:
+        settings.reports_root()
+    if "ingest" in stages:
+        from coldstart.landing import day_files
+        for day in dates:
+            day_files(settings.landing, "interactions", day, required=True)
+    Lake.from_settings(settings).check_tables(dict.fromkeys(t for s in stages for t in STAGE_TABLES[s]))
+
+
 def run_stage(stage: str, settings: Settings, run_date: dt.date, spark=None, full_retrain: bool = False,
               top_k: int | None = None) -> dict:
     """Run one stage for one run date (idempotent for that date), as of that night.
@@ -49,7 +107,8 @@ def run_stage(stage: str, settings: Settings, run_date: dt.date, spark=None, ful
     Afterwards its stage_runs row (timing, rows, driver memory; status failed with the error when it
     raised) and its night_manifest row (versions read and committed, checkpoint, settings hash) are
     written. A run that lost a race records nothing: the winner's rows stand. Every object-store
-    location is checked first (:func:`check_storage`)."""
+    location (:func:`check_storage`) and the Delta log of every table the stage touches are checked first
+    (CorruptTableError names the table and version)."""
     from coldstart.lake import Lake
     from coldstart.night import ConcurrentWriteError, open_night
 
@@ -57,6 +116,7 @@ def run_stage(stage: str, settings: Settings, run_date: dt.date, spark=None, ful
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     check_storage(settings)
     lake = Lake.from_settings(settings)
+    lake.check_tables(STAGE_TABLES[stage])  # a damaged log fails the stage before it reads or writes
     night = lake.begin_night(run_date, stage, settings)  # refuses a re-run whose versions were vacuumed
     if spark is None and needs_spark(stage):
         from coldstart.spark import get_session
@@ -186,13 +246,14 @@ def run_days(settings: Settings, dates: Iterable[dt.date], stages: Iterable[str]
 
     A re-run of an old night leaves the nights after it as they were built (they keep their inputs and
     lineage); ``cascade=True`` re-runs every later night the manifest knows too, oldest first, so they
-    are rebuilt on top of the re-run."""
+    are rebuilt on top of the re-run. :func:`check_start` checks every stage and night first."""
     from coldstart.spark import get_session
 
     dates = list(dates)
     if cascade:
         dates += later_nights(settings, dates)
     stages = [s for s in stages if s not in set(skip)]
+    check_start(settings, stages, dates, top_k)
     if spark is None and any(needs_spark(s) for s in stages):  # train/score alone need no JVM
         spark = get_session(settings)
     results = {}

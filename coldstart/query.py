@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from coldstart import storage
 from coldstart.catalog import TABLES
 from coldstart.config import Settings
-from coldstart.lake import Lake
+from coldstart.lake import CorruptTableError, Lake
+
+log = logging.getLogger("coldstart.query")
 
 
 def duckdb_connection(settings: Settings):
     """A DuckDB connection with one view per existing table (offline: the delta extension from its wheel).
 
     For a lake on ``s3://`` the httpfs extension is loaded too, and a session-only S3 secret is made from
-    the standard AWS environment variables (never written to disk)."""
+    the standard AWS environment variables (never written to disk).
+    A table whose Delta log is damaged gets a view that fails with the damage's message when queried, so
+    the other tables stay queryable."""
     import duckdb
     import duckdb_ext
 
@@ -28,7 +33,17 @@ def duckdb_connection(settings: Settings):
         con.load_extension("httpfs")
         con.execute(_s3_secret_sql())
     for name in TABLES:
-        if lake.exists(name):
+        try:
+            exists = lake.check_log(name) is not None
+        except CorruptTableError as exc:
+            log.warning("%s", exc)
+            # the catalog's columns, so that a query binds and then fails on the scan with this message
+            # (a bare error() column would be optimised away by count(*))
+            message = str(exc).replace("'", "''")
+            columns = ", ".join(f'NULL AS "{c}"' for c in TABLES[name].columns)
+            con.execute(f"CREATE VIEW {name} AS SELECT {columns} FROM range(1) WHERE error('{message}') IS NULL")
+            continue
+        if exists:
             con.execute(f"CREATE VIEW {name} AS SELECT * FROM delta_scan('{lake.uri(name)}')")
     return con
 

@@ -34,9 +34,13 @@ PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 SLICES = ("all", "cold_users", "warm_users", "cold_items", "cold_only")
 
 
+# The tables the report reads (checked before it renders anything).
+REPORT_TABLES = ("evaluation", "evaluation_users", "items", "recommendations")
+
+
 def default_path(settings: Settings) -> str:
-    """``<reports>/report.html`` (a local path or an object-store URI)."""
-    return storage.join(storage.normalize(settings.reports), "report.html")
+    """report.html in the reports folder (setting reports, else <lake>/_reports), a path or an s3:// URI."""
+    return storage.join(settings.reports_root(), "report.html")
 
 
 def list_stats(lake: Lake) -> pd.DataFrame:
@@ -209,9 +213,12 @@ def render(lake: Lake) -> str:
 
 
 def write_report(settings: Settings, output: str | Path | None = None) -> str:
-    """Render the report from the lake and write it (default: settings.reports/report.html) atomically
-    (a reader sees the old report or the new one); returns where it went."""
+    """Render the report from the lake and write it (default: <setting reports, else <lake>/_reports>/report.html)
+    atomically (a reader sees the old report or the new one), local or on an object store; returns where
+    it went. The logs of the tables it reads are checked first (CorruptTableError)."""
     path = storage.normalize(str(output)) if output else default_path(settings)
-    storage.write_text(path, render(Lake.from_settings(settings)))
+    lake = Lake.from_settings(settings)
+    lake.check_tables(REPORT_TABLES)
+    storage.write_text(path, render(lake))
     log.info("report written to %s", path)
     return path
