@@ -157,8 +157,11 @@ def test_unreadable_parquet_file_is_one_quarantined_row(tmp_path):
 
 
 # --- fuzzing: nothing read is lost --------------------------------------------------------------------
+HUGE = int("9" * 401)  # past float64 (float(HUGE) raises OverflowError), still JSON
+
+
 def _corrupt(line: bytes, rng: random.Random) -> bytes:
-    kind = rng.randrange(5)
+    kind = rng.randrange(7)
     if kind == 0:
         return line[: rng.randrange(1, len(line))]
     if kind == 1:
@@ -172,8 +175,13 @@ def _corrupt(line: bytes, rng: random.Random) -> bytes:
     elif kind == 3:
         field = rng.choice(list(row))
         row[field] = rng.choice([[1], {"a": 1}, True, 3.5, None, ""])
-    else:
+    elif kind == 4:
         return line + b"}"
+    elif kind == 5:  # numbers out of range: huge integers, their negatives, infinities and NaN (JSON extensions)
+        field = rng.choice(["value", "ts", "event_id", "scene", "event_type"])
+        row[field] = rng.choice([HUGE, -HUGE, float("inf"), float("-inf"), float("nan"), 10 ** 19, 1e308])
+    else:  # a text that is almost a number
+        row[rng.choice(["value", "ts"])] = rng.choice(["9" * 401, "-" + "9" * 401, "1e999", "0x10", "1_000", " 4 "])
     return json.dumps(row).encode()
 
 
@@ -188,12 +196,125 @@ def fuzzed_lines(seed: int, n: int, day: dt.date, prefix: str) -> list[bytes]:
 
 def test_fuzzed_file_every_line_is_one_row(tmp_path):
     lines = fuzzed_lines(7, 400, D1, "fz")
+    lines[0] = BOM + lines[0]  # a UTF-8 BOM before the first line is part of the encoding, not of the data
     table = parsed(tmp_path, "interactions", lines)
     non_blank = [i + 1 for i, line in enumerate(lines) if line.strip(b" \t\r\n")]
     assert table.column("line").to_pylist() == non_blank
     bad = table.filter(pc.is_valid(table.column("reason")))
     assert 100 < bad.num_rows < 300 and pc.all(pc.is_valid(bad.column("raw"))).as_py()
     assert set(bad.column("reason").to_pylist()) <= set(ingest_module.REASONS)
+    assert pc.all(pc.is_valid(bad.column("detail"))).as_py()
+
+
+# --- hostile values: quarantined with file and line, never fatal ----------------------------------------
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize("row, reason", [
+    ({**GOOD, "value": HUGE}, "wrong_type"),
+    ({**GOOD, "value": -HUGE}, "wrong_type"),
+    ({**GOOD, "ts": HUGE}, "bad_timestamp"),
+    ({**GOOD, "ts": -HUGE}, "bad_timestamp"),
+    ({**GOOD, "value": "9" * 401}, "wrong_type"),
+    ({**GOOD, "ts": "9" * 401}, "bad_timestamp"),
+    ({**GOOD, "value": float("nan")}, "wrong_type"),
+    ({**GOOD, "ts": float("nan")}, "bad_timestamp"),
+    ({**GOOD, "ts": 10 ** 19}, "bad_timestamp"),
+    ({**GOOD, "event_id": HUGE}, "oversize_text"),
+    ("[" * 100_000, "malformed_record"),  # deeper than the JSON parser's stack (RecursionError)
+])
+def test_numbers_out_of_range_are_quarantined(tmp_path, row, reason):
+    """Before: a 401-digit integer in value or ts raised OverflowError and stopped the night."""
+    table = parsed(tmp_path, "interactions", [GOOD, row, GOOD])
+    assert reasons(table) == [None, reason, None]
+    bad = table.slice(1, 1).to_pylist()[0]
+    assert bad["line"] == 2 and bad["source_file"].endswith("f.jsonl") and bad["raw"] and bad["detail"]
+
+
+def test_numbers_out_of_range_in_items_users_and_parquet(tmp_path):
+    table = parsed(tmp_path, "items", [{"item_id": "i1", "updated_at": HUGE}, {"item_id": "i2", "active": HUGE},
+                                       {"item_id": "i3", "attributes": {"n": HUGE}}, {"item_id": "i4"}])
+    assert reasons(table) == ["bad_timestamp", "wrong_type", "oversize_text", None]  # 401 characters > 100
+    assert reasons(parsed(tmp_path, "users", [{"user_id": "u1", "updated_at": -HUGE}])) == ["bad_timestamp"]
+    path = tmp_path / "big.parquet"
+    pq.write_table(pa.table({"event_id": ["p1", "p2"], "user_id": ["u1", "u1"], "item_id": ["i1", "i1"],
+                             "event_type": ["view", "view"], "value": [1.0, float("inf")],
+                             "ts": pa.array([1709294400, 2 ** 62], pa.int64())}), path)
+    table = pa.Table.from_batches(list(parse_file("interactions", str(path), RULES)))
+    assert reasons(table) == [None, "wrong_type"]
+
+
+def test_a_utf8_bom_is_accepted_in_csv_and_jsonl(tmp_path):
+    """Before: CSV with a BOM quarantined every row as "event_id is missing"; JSONL's line 1 was malformed."""
+    header = "event_id,user_id,item_id,event_type,value,ts,scene\n"
+    (tmp_path / "bom.csv").write_bytes(BOM + (header + "c1,u1,i1,rate,5,2024-03-01T09:00:00Z,home\n"
+                                              "c2,u2,i9,click,,1709283600,\n").encode())
+    table = pa.Table.from_batches(list(parse_file("interactions", str(tmp_path / "bom.csv"), RULES)))
+    assert reasons(table) == [None, None] and table.column("event_id").to_pylist() == ["c1", "c2"]
+    table = parsed(tmp_path, "interactions", [BOM + json.dumps(GOOD).encode(), GOOD])
+    assert reasons(table) == [None, None] and table.column("line").to_pylist() == [1, 2]
+    # only a leading BOM is encoding: one inside the data is data (and a bad id here)
+    table = parsed(tmp_path, "interactions", [GOOD, BOM + json.dumps(GOOD).encode()])
+    assert reasons(table) == [None, "malformed_record"]
+
+
+def test_a_csv_header_that_is_not_utf8_quarantines_every_row_with_one_reason(tmp_path):
+    """Before: ValueError from the reader, which stopped the whole ingest."""
+    path = tmp_path / "latin1.csv"
+    path.write_bytes("event_id,user_id,item_id,event_type,value,ts,scène\n".encode("latin-1") +
+                     b"c1,u1,i1,rate,5,2024-03-01T09:00:00Z,home\n\nc2,u2,i9,click,,1709283600,\n")
+    table = pa.Table.from_batches(list(parse_file("interactions", str(path), RULES)))
+    assert table.column("line").to_pylist() == [2, 4]
+    assert reasons(table) == ["malformed_record"] * 2
+    assert len(set(table.column("detail").to_pylist())) == 1
+    assert "header (line 1) is not valid UTF-8" in table.column("detail")[0].as_py()
+    assert table.column("raw").to_pylist()[0] == "c1,u1,i1,rate,5,2024-03-01T09:00:00Z,home"
+
+
+def test_any_other_exception_of_a_row_is_quarantined_naming_file_and_line(tmp_path, monkeypatch):
+    """A validator bug (or an input nobody foresaw) costs the rows it hits, not the night."""
+    import importlib
+
+    validate_module = importlib.import_module("coldstart.ingest.validate")  # the package re-exports validate()
+
+    real = validate_module._as_map
+
+    def fragile(value):
+        if isinstance(value, dict) and "boom" in value:
+            raise RuntimeError("unforeseen input")
+        return real(value)
+
+    monkeypatch.setattr(validate_module, "_as_map", fragile)
+    users = [{"user_id": "u1", "profile": {"age": 3}}, {"user_id": "u2", "profile": {"boom": 1}},
+             {"user_id": "u3"}, {"profile": {}}]
+    table = parsed(tmp_path, "users", users)
+    assert reasons(table) == [None, "validation_error", None, "missing_field"]
+    bad = table.slice(1, 1).to_pylist()[0]
+    assert bad["line"] == 2 and bad["source_file"].endswith("f.jsonl")
+    assert "RuntimeError: unforeseen input" in bad["detail"] and '"boom"' in bad["raw"]
+    assert table.column("user_id").to_pylist()[2] == "u3"
+
+
+def test_hostile_files_through_spark_balance_the_audit(spark, tmp_path):
+    settings = make_settings(tmp_path)
+    day = D1
+    land(settings.landing, "interactions", day, [BOM + json.dumps(event(0, day)).encode(), event(1, day),
+                                                 {**event(2, day), "value": HUGE}, {**event(3, day), "ts": -HUGE}],
+         name="a.jsonl")
+    folder = day_dir(settings.landing, "interactions", day)
+    (folder / "b.csv").write_bytes(BOM + b"event_id,user_id,item_id,event_type,value,ts,scene\n"
+                                         b"c1,u1,i1,rate,5,2024-03-01T09:00:00Z,home\n"
+                                         b"c2,u1,i1,rate," + b"9" * 401 + b",2024-03-01T09:00:00Z,home\n")
+    (folder / "c.csv").write_bytes(b"event_id,user_id,item_id,event_type,value,ts,sc\xe8ne\n"
+                                   b"d1,u1,i1,view,,2024-03-01T09:00:00Z,home\nd2,u1,i1,view,,2024-03-01T09:00:00Z,\n")
+    a = ingest(spark, settings, day)["interactions"]
+    assert (a["rows_read"], a["rows_accepted"], a["rows_quarantined"], a["rows_duplicate"]) == (8, 3, 5, 0)
+    lake = Lake.from_settings(settings)
+    q = lake.read_pandas("quarantine")
+    got = sorted((f.rsplit("/", 1)[-1], line, reason) for f, line, reason in zip(q.source_file, q.line, q.reason))
+    assert got == [("a.jsonl", 3, "wrong_type"), ("a.jsonl", 4, "bad_timestamp"), ("b.csv", 3, "wrong_type"),
+                   ("c.csv", 2, "malformed_record"), ("c.csv", 3, "malformed_record")]
+    assert sorted(lake.read_pandas("interactions").event_id) == ["c1", "e0", "e1"]
 
 
 # --- Spark: fuzz, formats, redeliveries, lateness, the stored-events window --------------------------

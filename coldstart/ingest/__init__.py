@@ -12,13 +12,13 @@ else AuditError.
 
 from coldstart.ingest.contract import (BAD_TIMESTAMP, COMMON_DDL, EMPTY_ID, FIELDS, FUTURE_TIMESTAMP, ID_FIELD,
                                        INVALID_UTF8, LATE_TIMESTAMP, MALFORMED, MISSING_FIELD, OVERSIZE_TEXT,
-                                       PARSED_DDL, REASONS, UNKNOWN_EVENT_TYPE, WRONG_TYPE, AuditError, Rules,
-                                       parsed_schema)
+                                       PARSED_DDL, REASONS, UNKNOWN_EVENT_TYPE, VALIDATION_ERROR, WRONG_TYPE,
+                                       AuditError, Rules, parsed_schema)
 from coldstart.ingest.readers import BATCH_ROWS, RawBatch, read_file
 from coldstart.ingest.stage import ingest
 from coldstart.ingest.validate import SHORT_TEXT_CHARS, parse_file, validate
 
 __all__ = ["AuditError", "BAD_TIMESTAMP", "BATCH_ROWS", "COMMON_DDL", "EMPTY_ID", "FIELDS", "FUTURE_TIMESTAMP",
            "ID_FIELD", "INVALID_UTF8", "LATE_TIMESTAMP", "MALFORMED", "MISSING_FIELD", "OVERSIZE_TEXT", "PARSED_DDL",
-           "REASONS", "RawBatch", "Rules", "SHORT_TEXT_CHARS", "UNKNOWN_EVENT_TYPE", "WRONG_TYPE", "ingest",
+           "REASONS", "RawBatch", "Rules", "SHORT_TEXT_CHARS", "UNKNOWN_EVENT_TYPE", "VALIDATION_ERROR", "WRONG_TYPE", "ingest",
            "parse_file", "parsed_schema", "read_file", "validate"]

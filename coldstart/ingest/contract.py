@@ -22,8 +22,10 @@ FUTURE_TIMESTAMP = "future_timestamp"
 EMPTY_ID = "empty_id"
 OVERSIZE_TEXT = "oversize_text"
 INVALID_UTF8 = "invalid_utf8"
+# The validator raised on the row (an input no check foresaw); the detail holds the exception.
+VALIDATION_ERROR = "validation_error"
 REASONS = (MALFORMED, MISSING_FIELD, WRONG_TYPE, UNKNOWN_EVENT_TYPE, BAD_TIMESTAMP, LATE_TIMESTAMP, FUTURE_TIMESTAMP,
-           EMPTY_ID, OVERSIZE_TEXT, INVALID_UTF8)
+           EMPTY_ID, OVERSIZE_TEXT, INVALID_UTF8, VALIDATION_ERROR)
 
 FIELDS = {
     "interactions": ("event_id", "user_id", "item_id", "event_type", "value", "ts", "scene"),

@@ -17,6 +17,9 @@ from coldstart.ingest.contract import FIELDS, INVALID_UTF8, MALFORMED
 # Rows per validated batch. 10k keeps a worker's peak at about 170 MB on a 250k-line JSONL file (300 MB at
 # 50k) at the same speed (bench/results/nightly_scale.md).
 BATCH_ROWS = 10_000
+# A UTF-8 byte-order mark at the start of a file is part of the encoding, not of the data: RFC 8259 section
+# 8.1 lets JSON parsers ignore it, and spreadsheet programs write one before a CSV's header.
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -39,10 +42,13 @@ class RawBatch:
 
 
 def _text_lines(path: str) -> Iterator[tuple[int, str | None, bytes]]:
-    """(line number, decoded text or None when not UTF-8, raw bytes) of each non-blank line."""
+    """(line number, decoded text or None when not UTF-8, raw bytes) of each non-blank line; a leading
+    UTF-8 BOM is dropped."""
     with storage.open_lines(path) as fh:
         for number, raw in enumerate(fh, start=1):
             raw = raw.rstrip(b"\r\n")
+            if number == 1 and raw.startswith(UTF8_BOM):
+                raw = raw[len(UTF8_BOM):]
             if not raw.strip():
                 continue
             try:
@@ -80,7 +86,7 @@ def _read_jsonl(path: str, fields: tuple[str, ...]) -> Iterator[RawBatch]:
                     record = loads(text)
                     if type(record) is not dict:
                         record, reason, detail = None, MALFORMED, f"line is JSON but not an object ({type(record).__name__})"
-                except ValueError as exc:
+                except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser's stack
                     reason, detail = MALFORMED, f"unparseable JSON: {exc}"
             records.append(record if record is not None else {})
             raws.append(text)
@@ -97,25 +103,32 @@ def _split_csv_line(text: str) -> list[str]:
 
 
 def _read_csv(path: str, fields: tuple[str, ...]) -> Iterator[RawBatch]:
-    """CSV with a header line; one record per physical line (a quoted newline is a malformed record)."""
+    """CSV with a header line; one record per physical line (a quoted newline is a malformed record). A header
+    that is not UTF-8 leaves the columns unknown: every row of the file is quarantined with that one reason."""
     lines = _text_lines(path)
-    header = None
-    for _, text, _raw in lines:
+    header: list[str] | None = None
+    header_problem: str | None = None
+    for number, text, raw in lines:
         if text is None:
-            raise ValueError(f"{path}: header line is not valid UTF-8")
-        header = [h.strip() for h in next(csv.reader([text]))]
+            header_problem = (f"the CSV header (line {number}) is not valid UTF-8, so the columns of every row of "
+                              f"this file are unknown: {_undecodable(raw)[:200]}")
+        else:
+            header = [h.strip() for h in next(csv.reader([text]))]
         break
-    if header is None:
+    if header is None and header_problem is None:
         return
-    width = len(header)
-    positions = {f: header.index(f) for f in fields if f in header}
+    width = len(header) if header is not None else 0
+    positions = {f: header.index(f) for f in fields if f in header} if header is not None else {}
     for chunk in _chunks(lines):
         rows, raws, reasons, details = [], [], [], []
         for _, text, raw in chunk:
             values: list[str] | None = None
             reason: str | None = None
             detail: str | None = None
-            if text is None:
+            if header_problem is not None:
+                text = text if text is not None else _undecodable(raw)
+                reason, detail = MALFORMED, header_problem
+            elif text is None:
                 text, reason, detail = _undecodable(raw), INVALID_UTF8, "line is not valid UTF-8"
             else:
                 try:

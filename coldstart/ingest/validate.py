@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from itertools import repeat
 from typing import Callable, Iterator
@@ -13,9 +14,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from coldstart.ingest.contract import (BAD_TIMESTAMP, EMPTY_ID, FUTURE_TIMESTAMP, INVALID_UTF8, LATE_TIMESTAMP,
-                                       MISSING_FIELD, OVERSIZE_TEXT, UNKNOWN_EVENT_TYPE, WRONG_TYPE, Rules,
-                                       parsed_schema)
+                                       MISSING_FIELD, OVERSIZE_TEXT, UNKNOWN_EVENT_TYPE, VALIDATION_ERROR, WRONG_TYPE,
+                                       Rules, parsed_schema)
 from coldstart.ingest.readers import RawBatch, read_file
+
+log = logging.getLogger("coldstart.ingest")
 
 # Ids, event types and scenes are short by nature; a longer one is garbage, not data.
 SHORT_TEXT_CHARS = 256
@@ -110,6 +113,15 @@ def _check_text(values: list, field: str, verdict: _Verdict, limit: int, require
     return text
 
 
+def _float(value) -> float:
+    """float(value), with an integer past float64's range as +-inf instead of OverflowError (text already
+    overflows to inf), so that the range checks below reject it."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 _NUMERIC_TEXT = r"^-?\d+(\.\d+)?$"
 # a time of day followed by a zone: Z, +HH:MM, +HHMM (a bare date's "-01" is not a zone)
 _ZONED = r"\d{2}:\d{2}(:\d{2}(\.\d+)?)?\s*(Z|UTC|[+-]\d{2}:?\d{2})$"
@@ -132,7 +144,7 @@ def _parse_ts(values: list, verdict: _Verdict, field: str, required: bool) -> np
     epoch = is_number | numeric_text
     if epoch.any():
         rows = np.flatnonzero(epoch)
-        seconds = np.array([float(values[i]) for i in rows], dtype=np.float64)
+        seconds = np.array([_float(values[i]) for i in rows], dtype=np.float64)
         usable = np.isfinite(seconds) & (np.abs(seconds) < 1e11)
         micros = np.where(usable, np.round(seconds * 1e6), 0).astype(np.int64)
         out[rows[usable]] = micros[usable].astype("datetime64[us]")
@@ -226,8 +238,8 @@ def _interactions(columns: dict[str, list], verdict: _Verdict, rules: Rules) -> 
     is_value = (codes == NONE) | (codes == INT) | (codes == FLOAT)
     if (codes == STR).any():
         is_value |= _mask(pc.match_substring_regex(pc.utf8_trim_whitespace(_as_strings(values, codes)), _NUMERIC_TEXT))
-    number = np.array([float(v) if ok and v is not None else np.nan for v, ok in zip(values, is_value)], np.float64)
-    is_value &= ~np.isinf(number)
+    number = np.array([_float(v) if ok and v is not None else np.nan for v, ok in zip(values, is_value)], np.float64)
+    is_value &= ~np.isinf(number) & ~(np.isnan(number) & (codes == FLOAT))  # NaN (a JSON extension) is no number
     verdict.fail(~is_value, WRONG_TYPE, lambda i: f"value={values[i]!r} is not a number")
     out["value"] = pa.array(np.where(is_value, number, np.nan), pa.float64(), from_pandas=True)
     scene = pc.utf8_trim_whitespace(_check_text(columns["scene"], "scene", verdict, SHORT_TEXT_CHARS))
@@ -315,6 +327,39 @@ def validate(source: str, batch: RawBatch, rules: Rules, source_file: str) -> pa
 
 
 def parse_file(source: str, path: str, rules: Rules) -> Iterator[pa.RecordBatch]:
-    """Validated batches of one landing file."""
+    """Validated batches of one landing file. A batch whose validation raises (a value no check foresaw) is
+    validated again row by row: the rows that still raise become quarantine rows (validation_error, with
+    the exception) naming file and line, so one hostile value costs its row, never the night."""
     for batch in read_file(path, source):
-        yield validate(source, batch, rules, path)
+        try:
+            validated = validate(source, batch, rules, path)
+        except Exception as exc:  # noqa: BLE001 - any failure here is a row's problem, isolated below
+            log.warning("ingest %s: validating lines %d-%d raised %s: %s; validating them one by one", path,
+                        batch.lines[0], batch.lines[-1], type(exc).__name__, exc)
+            validated = _validate_rows(source, batch, rules, path)
+        yield validated
+
+
+def _validate_rows(source: str, batch: RawBatch, rules: Rules, path: str) -> pa.RecordBatch:
+    rows = []
+    for i in range(len(batch)):
+        one = RawBatch(batch.lines[i:i + 1], {f: vs[i:i + 1] for f, vs in batch.columns.items()},
+                       batch.reasons[i:i + 1], batch.details[i:i + 1],
+                       batch.raws[i:i + 1] if batch.raws is not None else None)
+        try:
+            rows.append(validate(source, one, rules, path))
+        except Exception as exc:  # noqa: BLE001 - the row is quarantined with the exception as its detail
+            rows.append(_failed_row(source, one, path, exc))
+    return pa.Table.from_batches(rows, schema=parsed_schema(source)).combine_chunks().to_batches()[0]
+
+
+def _failed_row(source: str, one: RawBatch, path: str, exc: Exception) -> pa.RecordBatch:
+    schema = parsed_schema(source)
+    try:
+        raw = one.raw(0)
+    except Exception:  # noqa: BLE001 - a row that cannot even be shown as JSON is shown as Python
+        raw = repr({f: vs[0] for f, vs in one.columns.items()})
+    values = {"source_file": pa.array([path], pa.string()), "line": pa.array(one.lines, pa.int64()),
+              "raw": pa.array([raw], pa.string()), "reason": pa.array([VALIDATION_ERROR], pa.string()),
+              "detail": pa.array([f"the validator failed on this row: {type(exc).__name__}: {exc}"], pa.string())}
+    return pa.RecordBatch.from_arrays([values.get(f.name, pa.nulls(1, f.type)) for f in schema], schema=schema)
