@@ -14,7 +14,6 @@ import urllib.request
 
 log = logging.getLogger("coldstart.orchestration")
 
-LOCAL_SPARK_CONNECTION = json.dumps({"conn_type": "spark", "host": "local[2]"})
 
 
 class PreviousNightFailed(RuntimeError):
@@ -55,8 +54,9 @@ def previous_night_done(previous_run) -> bool:
     return False
 
 
-def stage_arguments(stage: str, run_date: str, params: dict) -> list[str]:
-    args = ["--run-date", run_date]
+def stage_arguments(stage: str, run_date: str, params) -> list[str]:
+    """The job's command line after ``jobs/<stage>.py``: the run date, and the params that concern the stage."""
+    args = ["--run-date", str(run_date)]
     if stage == "train" and params.get("full_retrain"):
         args.append("--full-retrain")
     if stage == "score" and params.get("top_k"):
@@ -65,30 +65,13 @@ def stage_arguments(stage: str, run_date: str, params: dict) -> list[str]:
 
 
 def spark_environment() -> dict[str, str]:
-    """Environment for spark-submit: this interpreter for the Python workers, the venv's bin on PATH,
-    and every COLDSTART_* setting passed through."""
+    """Environment for spark-submit: this interpreter for the Python workers, the venv's bin on PATH (where
+    spark-submit itself is found), and every COLDSTART_* setting passed through."""
     bin_dir = os.path.dirname(sys.executable)
     env = {"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     env.update({k: v for k, v in os.environ.items() if k.startswith("COLDSTART_")})
     return env
-
-
-def ensure_spark_connection(conn_id: str = "spark_default") -> None:
-    """Use local[2] when no spark_default connection is configured (instead of the provider's yarn)."""
-    env_name = f"AIRFLOW_CONN_{conn_id.upper()}"
-    if env_name in os.environ:
-        return
-    try:
-        from airflow.sdk import Connection
-
-        Connection.get(conn_id)
-    except Exception:  # noqa: BLE001 - any lookup failure means "not configured"
-        log.info("no %s connection configured: running Spark locally (local[2])", conn_id)
-        os.environ[env_name] = LOCAL_SPARK_CONNECTION
-    bin_dir = os.path.dirname(sys.executable)
-    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bin_dir + os.pathsep + os.environ.get("PATH", "")
 
 
 def landing_ready(run_date: str) -> bool:

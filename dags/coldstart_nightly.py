@@ -1,46 +1,36 @@
-"""### coldstart nightly
+"""### coldstart nightly: running it
 
-`ingest → embed → train (warm from D-1) → score → evaluate`, each stage one `spark-submit` job
-(`jobs/<stage>.py --run-date D`) against the `spark_default` connection (`local[2]` when none is
-configured).
+The README says what the DAG does (stages, schedule, params, backfills). This is what an operator
+needs on top, in the UI:
 
-**Which day a run processes (its run date D).** The first task resolves it once and every job gets
-it explicitly (`--run-date D`):
-
-* `params.run_date` (YYYY-MM-DD) when given: any run can be pointed at any day;
-* else the start of the run's data interval. The schedule (setting `schedule`, default `@daily`, UTC)
-  is a data-interval timetable: the run at midnight of D+1 covers [D, D+1) and processes **D**;
-* a **backfill** processes exactly the days of its range:
-  `airflow backfill create --dag-id coldstart_nightly --from-date 2024-01-01 --to-date 2024-01-03
-  --reprocess-behavior failed --max-active-runs 1` runs the nights of Jan 1, 2 and 3, oldest first.
-  `--reprocess-behavior` is required (the stages depend on their past), `--run-backwards` is refused;
-* a **manual** run (UI "Trigger", or `POST /api/v2/dags/coldstart_nightly/dagRuns` with
-  `logical_date: null`) processes `conf.run_date`, else the day before it was triggered.
-
-**Nights chain.** Train warm-starts from the checkpoint of D-1 and ingest deduplicates against
-earlier days, so nights run one at a time, oldest first: `max_active_runs=1`, every stage has
-`depends_on_past`, and `wait_for_previous_night` holds a night until the run with the previous
-logical date has finished. When that run failed, this one fails at once, naming it (and so does every
-later one): clear (re-run) the failed night and then the ones after it; a re-run replaces its day's
-rows.
-
-**Re-runs.** Each job runs as of its night (interactions up to D, items/users/embeddings at the
-versions night D's ingest and embed left, recorded in `night_manifest`), so clearing an old night
-reproduces it, and the nights after it keep what they were built from. To rebuild them on top of
-the re-run (cascade), clear the range up to the last night (`airflow tasks clear coldstart_nightly
--s D -e LAST`) or backfill it with `--reprocess-behavior completed`. Two runs of one stage and date
-at once (a retry next to a manual trigger) cannot both commit: the second fails with
-`ConcurrentWriteError` and writes nothing. This also serialises backfills, whose own `--max-active-runs` (default 10) Airflow applies
-instead of the DAG's. Manual runs without a logical date are not chained: they run the day asked for.
-
-**Params** (manual triggers; validated, a bad value refuses the trigger): `run_date`,
-`full_retrain` (train from scratch instead of from D-1), `top_k` (list length), `skip_stages`.
-
-**Failures.** Every task retries (setting `task_retries`) with exponential backoff; a final failure
-is logged and, when the setting `webhook_url` is set, posted there as JSON (dag, run, task, run date,
-error). `wait_for_landing` waits for the `_SUCCESS` marker of `interactions/date=D/` for at most
-`landing_timeout_minutes`. Each job writes its tables in single Delta commits, so a killed job
-leaves no partial rows and its re-run succeeds.
+* **One run date per night.** `resolve_run_date` computes it once (params.run_date, else the start
+  of the data interval, else the day before a manual trigger) and pushes it as its XCom; every job
+  gets it as `--run-date` through its templated `application_args`, so a rendered task shows the
+  exact `spark-submit` line it ran.
+* **Re-running a failed night.** A night that follows a failed one fails at once in
+  `wait_for_previous_night` (no retries: only re-running the failed night helps). Clear the failed
+  night, let it succeed, then clear the later ones, oldest first. A re-run replaces its day's rows.
+* **Re-runs rebuild nothing after them.** Each job runs as of its night (interactions up to D,
+  items/users/embeddings at the versions night D's ingest and embed left, recorded in
+  `night_manifest`), so clearing an old night reproduces it and the nights after it keep what they
+  were built from. To rebuild them on top of the re-run (cascade), clear the range up to the last
+  night (`airflow tasks clear coldstart_nightly -s D -e LAST`) or backfill it with
+  `--reprocess-behavior completed`. Two runs of one stage and date at once (a retry next to a manual
+  trigger) cannot both commit: the second fails with `ConcurrentWriteError` and writes nothing.
+* **Backfills** need `--reprocess-behavior` (the stages depend on their past); `--run-backwards` is
+  refused. Airflow applies a backfill's own `--max-active-runs` (default 10) instead of the DAG's 1:
+  `wait_for_previous_night` still keeps its nights in order. Manual runs without a logical date are
+  not chained to anything.
+* **Waiting.** Both sensors reschedule (they free their worker slot between pokes, every 60 s).
+  `wait_for_landing` gives up after setting `landing_timeout_minutes`, `wait_for_previous_night`
+  after a day.
+* **skip_stages** skips those jobs; the ones after still run (trigger rule `none_failed`), on what the
+  lake already holds for that day.
+* **report** rewrites the HTML report (setting `reports`) from the evaluation tables after every
+  night, in the worker itself (no Spark).
+* **Spark.** Jobs use the `spark_default` connection; configure it (`AIRFLOW_CONN_SPARK_DEFAULT`, as
+  docker/compose.yaml, the demo and the tests do): without it the Spark provider falls back to YARN.
+  A job killed mid-write leaves no partial rows (one Delta commit per table), so its retry starts clean.
 
 Only light imports at module level: the DAG file parses in well under a second.
 """
@@ -51,15 +41,16 @@ import datetime as dt
 from pathlib import Path
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.providers.standard.sensors.python import PythonSensor
 from airflow.sdk import DAG, CronDataIntervalTimetable, Param, chain, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from coldstart.config import Settings, SettingsError
+from coldstart.orchestration import spark_environment, stage_arguments
+from coldstart.pipeline import STAGES
 
-STAGES = ("ingest", "embed", "train", "score", "evaluate")
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 SETTINGS = Settings.load()
+RUN_DATE = "ti.xcom_pull(task_ids='resolve_run_date')"
 
 
 def _timetable(schedule: str) -> CronDataIntervalTimetable:
@@ -72,41 +63,23 @@ def _timetable(schedule: str) -> CronDataIntervalTimetable:
 
 
 class StageOperator(SparkSubmitOperator):
-    """spark-submit jobs/<stage>.py --run-date D, skippable by params.skip_stages."""
+    """spark-submit jobs/<stage>.py --run-date D (arguments and environment rendered at run time),
+    skippable by params.skip_stages."""
 
     def __init__(self, *, stage: str, **kwargs):
         # The driver's JVM is started by spark-submit, before the job's session builder runs, so
         # spark.driver.memory only takes effect when it is passed here.
         super().__init__(task_id=stage, application=str(JOBS / f"{stage}.py"), name=f"coldstart-{stage}",
-                         conn_id="spark_default", driver_memory=SETTINGS.spark_driver_memory, **kwargs)
+                         conn_id="spark_default", driver_memory=SETTINGS.spark_driver_memory,
+                         # templates, rendered as native objects (a list, a dict) at run time
+                         application_args=f"{{{{ stage_arguments({stage!r}, {RUN_DATE}, params) }}}}",  # type: ignore[arg-type]
+                         env_vars="{{ spark_environment() }}", **kwargs)  # type: ignore[arg-type]
         self.stage = stage
 
     def execute(self, context):
-        from coldstart.orchestration import ensure_spark_connection, spark_environment, stage_arguments
-
-        params = context["params"]
-        if self.stage in (params.get("skip_stages") or []):
+        if self.stage in (context["params"].get("skip_stages") or []):
             raise AirflowSkipException(f"{self.stage} skipped by params.skip_stages")
-        run_date = context["ti"].xcom_pull(task_ids="resolve_run_date")
-        self.application_args = stage_arguments(self.stage, run_date, params)
-        self.env_vars = spark_environment()
-        ensure_spark_connection(self._conn_id)
-        self._hook = None  # built from the attributes above at execute time
         return super().execute(context)
-
-
-def _previous_night_done(ti) -> bool:
-    from coldstart.orchestration import PreviousNightFailed, previous_night_done
-
-    try:
-        return previous_night_done(ti.get_previous_dagrun())
-    except PreviousNightFailed as exc:
-        raise AirflowFailException(str(exc)) from None  # no retries: only re-running that night helps
-
-
-def _landing_ready(ti) -> bool:
-    from coldstart.orchestration import landing_ready
-    return landing_ready(ti.xcom_pull(task_ids="resolve_run_date"))
 
 
 def _notify(context):
@@ -138,6 +111,9 @@ with DAG(
         "skip_stages": Param([], type="array", items={"type": "string", "enum": list(STAGES)}, uniqueItems=True,
                              description="Stages to skip"),
     },
+    # The jobs' arguments and environment are rendered in the worker, when the task runs.
+    user_defined_macros={"stage_arguments": stage_arguments, "spark_environment": spark_environment},
+    render_template_as_native_obj=True,
     tags=["coldstart"],
     doc_md=__doc__,
 ) as dag:
@@ -149,22 +125,30 @@ with DAG(
         dag_run = context["dag_run"]
         return resolve(context["params"], dag_run.data_interval_start, dag_run.run_after).isoformat()
 
-    run_date = resolve_run_date()
+    @task.sensor(poke_interval=60, timeout=dt.timedelta(days=1).total_seconds(), mode="reschedule")
+    def wait_for_previous_night(**context) -> bool:
+        from coldstart.orchestration import PreviousNightFailed, previous_night_done
 
-    wait_for_previous_night = PythonSensor(
-        task_id="wait_for_previous_night",
-        python_callable=_previous_night_done,
-        poke_interval=60,
-        timeout=dt.timedelta(days=1).total_seconds(),
-        mode="reschedule",
-    )
-    wait_for_landing = PythonSensor(
-        task_id="wait_for_landing",
-        python_callable=_landing_ready,
-        poke_interval=60,
-        timeout=SETTINGS.landing_timeout_minutes * 60,
-        mode="reschedule",
-    )
-    run_date >> wait_for_previous_night >> wait_for_landing
-    chain(wait_for_landing, *[StageOperator(stage=stage, trigger_rule="none_failed", depends_on_past=True)
-                              for stage in STAGES])
+        try:
+            return previous_night_done(context["ti"].get_previous_dagrun())
+        except PreviousNightFailed as exc:
+            raise AirflowFailException(str(exc)) from None  # no retries: only re-running that night helps
+
+    @task.sensor(poke_interval=60, timeout=SETTINGS.landing_timeout_minutes * 60, mode="reschedule")
+    def wait_for_landing(run_date: str) -> bool:
+        from coldstart.orchestration import landing_ready
+
+        return landing_ready(run_date)
+
+    @task(trigger_rule="none_failed")
+    def report() -> str:
+        """Rewrite the HTML report from the evaluation tables."""
+        from coldstart.report import write_report
+
+        return str(write_report(Settings.load()))
+
+    run_date = resolve_run_date()
+    landing = wait_for_landing(run_date)  # type: ignore[arg-type]  # an XComArg: the run date at run time
+    run_date >> wait_for_previous_night() >> landing
+    chain(landing, *[StageOperator(stage=stage, trigger_rule="none_failed", depends_on_past=True) for stage in STAGES],
+          report())

@@ -13,6 +13,8 @@ export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
 export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__PARALLELISM=2
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False
+# The jobs' Spark: local unless a spark_default connection is given.
+export AIRFLOW_CONN_SPARK_DEFAULT="${AIRFLOW_CONN_SPARK_DEFAULT:-{\"conn_type\": \"spark\", \"host\": \"local[2]\"}}"
 START="${DEMO_START:-2024-01-01}"
 NIGHTS="${DEMO_NIGHTS:-3}"
 

@@ -32,6 +32,8 @@ os.environ.update({
     "AIRFLOW__CORE__PARALLELISM": "2",
     "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
     "COLDSTART_TASK_RETRIES": "0",
+    # The DAG's jobs run against the spark_default connection; the tests' is local Spark.
+    "AIRFLOW_CONN_SPARK_DEFAULT": '{"conn_type": "spark", "host": "local[2]"}',
 })
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 for key in [k for k in os.environ if k.startswith("COLDSTART_") and k != "COLDSTART_TASK_RETRIES"]:

@@ -16,10 +16,10 @@ from types import SimpleNamespace
 import pytest
 
 from coldstart.lake import Lake
+from coldstart.pipeline import STAGES
 from tests.conftest import ROOT, START, make_settings
 
 DAGS = ROOT / "dags"
-STAGES = ["ingest", "embed", "train", "score", "evaluate"]
 UTC = dt.timezone.utc
 
 
@@ -43,7 +43,7 @@ def test_dagbag_imports_without_errors():
     assert bag.import_errors == {}
     dag = bag.dags["coldstart_nightly"]
     assert [t.task_id for t in dag.topological_sort()] == [
-        "resolve_run_date", "wait_for_previous_night", "wait_for_landing", *STAGES]
+        "resolve_run_date", "wait_for_previous_night", "wait_for_landing", *STAGES, "report"]
     assert dag.max_active_runs == 1 and dag.catchup is False
     assert isinstance(dag.timetable, CronDataIntervalTimetable) and dag.timetable.expression == "0 0 * * *"
     assert set(dag.params.keys()) == {"run_date", "full_retrain", "top_k", "skip_stages"}
