@@ -59,12 +59,17 @@ def session_dir() -> Path:
     return _SESSION_DIR
 
 
+# Not the setting's default, so that test_config sees the setting (not a constant) reach the session.
+SPARK_MEMORY_FRACTION = 0.35
+
+
 @pytest.fixture(scope="session")
 def spark():
     from coldstart.config import Settings
     from coldstart.spark import get_session
 
-    session = get_session(Settings.load(env={}, spark_shuffle_partitions=2), app_name="coldstart-tests")
+    session = get_session(Settings.load(env={}, spark_shuffle_partitions=2, spark_memory_fraction=SPARK_MEMORY_FRACTION),
+                          app_name="coldstart-tests")
     yield session
     session.stop()
 

@@ -1,3 +1,5 @@
+from dataclasses import fields
+
 import pytest
 
 from coldstart.config import Settings, SettingsError, describe
@@ -41,8 +43,10 @@ def test_toml_unknown_key_is_an_error(tmp_path):
 
 
 def test_describe_lists_every_setting():
-    text = describe()
-    assert "COLDSTART_LAKE" in text and "COLDSTART_ENCODER_SHA256" in text
+    lines = describe().splitlines()
+    assert len(lines) == len(fields(Settings))
+    for f, line in zip(fields(Settings), lines):
+        assert line.startswith(f"COLDSTART_{f.name.upper()} ") and line.endswith(f.metadata["doc"]), f.name
 
 
 def test_table_docs_are_in_sync_with_the_catalog():
@@ -55,4 +59,7 @@ def test_table_docs_are_in_sync_with_the_catalog():
 
 
 def test_spark_session_takes_the_memory_fraction(spark):
-    assert spark.sparkContext.getConf().get("spark.memory.fraction") == str(Settings.load(env={}).spark_memory_fraction)
+    from tests.conftest import SPARK_MEMORY_FRACTION
+
+    assert SPARK_MEMORY_FRACTION != Settings.load(env={}).spark_memory_fraction  # so a hard-coded default fails
+    assert spark.sparkContext.getConf().get("spark.memory.fraction") == str(SPARK_MEMORY_FRACTION)
