@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 TOPK_GROUP = 64  # columns per group of the group-max prune (wide groups: a cheap vectorised max; bench/score_speed.py)
-SCORE_TILE_USERS = 256  # rows per matrix product inside a block (see bench/score_speed.py)
+SCORE_TILE_USERS = 256  # rows per matrix product inside a block on the CPU (see bench/score_speed.py)
+DEVICE_TILE_BYTES = 1 << 30  # on a GPU: a score tile of up to 1 GiB (wide tiles keep it busy)
 POPULARITY_OVERALL_PRIOR = 0.01  # weight of overall popularity in a scene's list (ranks items unseen in the scene)
 
 
@@ -26,9 +27,10 @@ class ItemMatrix:
     """Item vectors laid out for the kernel: transposed, padded to a multiple of TOPK_GROUP columns
     whose bias is -inf (so padding never ranks). ``augmented`` is the transposed vectors with the bias
     as one more row: a user row with a trailing 1 gets ``u . v + b`` from one plain product, one pass
-    over the score tile instead of addmm's two (broadcast the bias, then accumulate)."""
+    over the score tile instead of addmm's two (broadcast the bias, then accumulate). ``device``: where
+    the products run (default the CPU; see coldstart.devices)."""
 
-    def __init__(self, vectors, bias):
+    def __init__(self, vectors, bias, device=None):
         import torch
 
         vectors = torch.as_tensor(vectors, dtype=torch.float32)
@@ -43,6 +45,13 @@ class ItemMatrix:
         self.transposed = self.augmented[:dim]  # a view: the first dim rows
         self.bias = torch.full((width,), float("-inf"))
         self.bias[:self.n_items] = bias
+        if device is not None and torch.device(device).type != "cpu":
+            self.augmented = self.augmented.to(device)
+            self.transposed, self.bias = self.augmented[:dim], self.bias.to(device)
+
+    @property
+    def device(self):
+        return self.augmented.device
 
     @property
     def width(self) -> int:
@@ -50,32 +59,58 @@ class ItemMatrix:
 
 
 def select_top_k(scores, k: int):
-    """Exact top-k per row of a score tile whose width is a multiple of TOPK_GROUP: (values descending,
-    column indices). Rows with fewer than k finite scores end in -inf values."""
+    """Exact top-k per row of a score tile: (values descending, column indices), equal scores in
+    ascending column order. Rows with fewer than k finite scores end in -inf values.
+
+    On the CPU, with the width a multiple of TOPK_GROUP and more than k groups, a group-max threshold:
+    the k-th largest group maximum ``t`` of a row is a lower bound of the row's k-th largest score (the
+    k best groups hold k scores >= t, their maxima), so its top k are among its scores >= t, and those
+    lie in the groups whose maximum is >= t. Only those survivors (typically about k per row) are
+    ordered, by one sort of (row, score, column) keys for the whole tile. The maxima are one torch pass
+    over the tile; the rest is numpy on about k x TOPK_GROUP scores per row, single-threaded on purpose:
+    small parallel torch ops cost more in thread hand-offs than they save (bench/score_speed.py).
+    Elsewhere (a GPU), ``torch.topk``, whose order among equal scores is the device's."""
     import torch
 
     n, width = scores.shape
     groups = width // TOPK_GROUP
-    if width % TOPK_GROUP or groups <= 2 * k:
-        return torch.topk(scores, k, dim=1)  # too few groups for the prune to save anything
-    best_groups = torch.topk(scores.view(n, groups, TOPK_GROUP).amax(dim=2), k, dim=1, sorted=False).indices
-    # Whole groups are contiguous runs of TOPK_GROUP scores: copy them as rows of a (n * groups, group) view.
-    rows = (best_groups + torch.arange(n).unsqueeze(1) * groups).view(-1)
-    candidates = scores.view(n * groups, TOPK_GROUP).index_select(0, rows).view(n, k * TOPK_GROUP)
-    values, position = torch.topk(candidates, k, dim=1)
-    columns = best_groups.gather(1, torch.div(position, TOPK_GROUP, rounding_mode="floor")) * TOPK_GROUP \
-        + position % TOPK_GROUP
-    return values, columns
+    if scores.device.type != "cpu":
+        return torch.topk(scores, k, dim=1)
+    if width % TOPK_GROUP or groups <= k:
+        values, columns = torch.sort(scores, dim=1, descending=True, stable=True)
+        return values[:, :k], columns[:, :k]
+    maxima = scores.view(n, groups, TOPK_GROUP).amax(dim=2).numpy()
+    threshold = np.partition(maxima, groups - k, axis=1)[:, groups - k]  # the k-th largest maximum per row
+    chosen = np.flatnonzero(maxima >= threshold[:, None])  # flat (row, group) ids, ascending
+    candidates = scores.numpy().reshape(n * groups, TOPK_GROUP)[chosen]
+    keep = np.flatnonzero(candidates >= threshold[chosen // groups, None])
+    values = candidates.reshape(-1)[keep] + np.float32(0.0)  # -0.0 becomes 0.0: one score, one key
+    flat = chosen[keep // TOPK_GROUP] * TOPK_GROUP + keep % TOPK_GROUP  # row * width + column, ascending
+    rows = flat // width
+    # One int64 key per survivor: the row, then the score descending (its float bits mapped to an order-
+    # preserving unsigned int, inverted); a stable sort keeps equal scores in ascending column order.
+    bits = values.view(np.int32).astype(np.int64)
+    ascending = np.where(bits >= 0, bits + (1 << 31), -bits - 1)
+    order = np.argsort((rows << 32) | ((1 << 32) - 1 - ascending), kind="stable")
+    counts = np.bincount(rows, minlength=n)  # at least k per row: the k best maxima survive
+    pick = order[((np.cumsum(counts) - counts)[:, None] + np.arange(k)).reshape(-1)]
+    return torch.from_numpy(values[pick].reshape(n, k)), torch.from_numpy((flat[pick] % width).reshape(n, k))
 
 
 def top_k_scores(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[np.ndarray],
-                 tile: int = SCORE_TILE_USERS) -> tuple[np.ndarray, np.ndarray]:
+                 tile: int | None = None, select=None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k items per row of ``user_vecs @ items.T + bias``, excluding each row's ``consumed`` item positions.
 
     Returns (scores, item positions), each (n, min(k, items)); a row with fewer unconsumed items than k
-    ends in -inf scores (callers drop those). Memory: one (tile, items) score matrix."""
+    ends in -inf scores (callers drop those). Memory: one (tile, items) score matrix. ``select`` replaces
+    :func:`select_top_k` on each masked score tile (bench/score_speed.py times the previous selection).
+    The products run on ``items.device``; on a GPU (TF32 products, tiles of up to DEVICE_TILE_BYTES)
+    scores can differ from the CPU's in the last bits, and so can the order of near-equal items."""
     import torch
 
+    if items.device.type != "cpu":
+        return _top_k_on_device(user_vecs, items, k, consumed, tile, select)
+    tile = int(tile or SCORE_TILE_USERS)
     user_vecs = torch.as_tensor(user_vecs, dtype=torch.float32)
     n = user_vecs.shape[0]
     if len(consumed) != n:
@@ -87,21 +122,59 @@ def top_k_scores(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[np.nda
         return values, positions
     buffer = torch.empty(min(tile, n), items.width)
     augmented_rows = torch.ones(min(tile, n), user_vecs.shape[1] + 1)
-    neg_inf = torch.tensor(float("-inf"))
     for start in range(0, n, tile):
         rows = augmented_rows[:min(tile, n - start)]
         rows[:, :-1] = user_vecs[start:start + tile]
         scores = torch.mm(rows, items.augmented, out=buffer[:rows.shape[0]])
-        scores[:, items.n_items:] = neg_inf  # padding columns (fewer than TOPK_GROUP)
+        # Masking in numpy: a few thousand writes, not worth torch's thread hand-off.
+        masked = scores.numpy()
+        masked[:, items.n_items:] = -np.inf  # padding columns (fewer than TOPK_GROUP)
         tile_consumed = consumed[start:start + tile]
         lengths = [len(c) for c in tile_consumed]
         if sum(lengths):
-            row_idx = torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths))
-            col_idx = torch.from_numpy(np.concatenate(tile_consumed).astype(np.int64))
-            scores.index_put_((row_idx, col_idx), neg_inf)
-        top_values, top_columns = select_top_k(scores, k)
+            masked[np.repeat(np.arange(len(lengths)), lengths), np.concatenate(tile_consumed).astype(np.int64)] = -np.inf
+        top_values, top_columns = (select or select_top_k)(scores, k)
         values[start:start + rows.shape[0]] = top_values.numpy()
         positions[start:start + rows.shape[0]] = top_columns.numpy()
+    return values, positions
+
+
+def _top_k_on_device(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[np.ndarray], tile: int | None,
+                     select) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k_scores` on a GPU: the same steps with torch on the device, wide tiles, TF32 products."""
+    import torch
+
+    from coldstart.devices import fast_matmul
+
+    device = items.device
+    user_vecs = torch.as_tensor(user_vecs, dtype=torch.float32)
+    n = user_vecs.shape[0]
+    if len(consumed) != n:
+        raise ValueError(f"consumed has {len(consumed)} rows for {n} users")
+    k = min(k, items.n_items)
+    values = np.empty((n, k), dtype=np.float32)
+    positions = np.empty((n, k), dtype=np.int64)
+    if n == 0 or k == 0:
+        return values, positions
+    tile = int(tile or max(SCORE_TILE_USERS, DEVICE_TILE_BYTES // (4 * items.width)))
+    buffer = torch.empty(min(tile, n), items.width, device=device)
+    augmented_rows = torch.ones(min(tile, n), user_vecs.shape[1] + 1, device=device)
+    neg_inf = torch.tensor(float("-inf"), device=device)
+    with fast_matmul(device.type):
+        for start in range(0, n, tile):
+            rows = augmented_rows[:min(tile, n - start)]
+            rows[:, :-1] = user_vecs[start:start + tile].to(device, non_blocking=True)
+            scores = torch.mm(rows, items.augmented, out=buffer[:rows.shape[0]])
+            scores[:, items.n_items:] = neg_inf
+            tile_consumed = consumed[start:start + tile]
+            lengths = [len(c) for c in tile_consumed]
+            if sum(lengths):
+                row_idx = torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths)).to(device)
+                col_idx = torch.from_numpy(np.concatenate(tile_consumed).astype(np.int64)).to(device)
+                scores.index_put_((row_idx, col_idx), neg_inf)
+            top_values, top_columns = (select or select_top_k)(scores, k)
+            values[start:start + rows.shape[0]] = top_values.cpu().numpy()
+            positions[start:start + rows.shape[0]] = top_columns.cpu().numpy()
     return values, positions
 
 

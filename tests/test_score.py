@@ -222,6 +222,23 @@ def test_group_prune_is_exact_with_ties():
     assert values[2, 0] == 2.0 and columns[2, 0] == 5000 and (values[2, 1:] == 0).all()
 
 
+@pytest.mark.parametrize("width,k", [(64 * 200, 50), (64 * 40, 50), (64 * 60, 50), (100, 7)])
+def test_selection_equals_a_stable_sort_ties_in_column_order(width, k):
+    """Ids too, not only scores: among equal scores the lowest column comes first, on the threshold path
+    (more than k groups) and on the full sort (k groups or fewer, or a width off the group size)."""
+    rng = np.random.default_rng(width)
+    scores = torch.from_numpy(rng.integers(-20, 20, size=(70, width)).astype(np.float32) / 4)  # many ties
+    scores[3] = float("-inf")
+    scores[4, :] = -0.0
+    scores[4, 1::3] = 0.0  # -0.0 and 0.0 are one score
+    scores[5, : width // 2] = float("-inf")
+    values, columns = select_top_k(scores, k)
+    ref_values, ref_columns = torch.sort(scores, dim=1, descending=True, stable=True)
+    assert torch.equal(values, ref_values[:, :k])
+    assert torch.equal(columns[np.isfinite(values.numpy())], ref_columns[:, :k][np.isfinite(values.numpy())])
+    assert torch.equal(columns[4], torch.arange(k))
+
+
 def test_kernel_rejects_mismatched_inputs():
     with pytest.raises(ValueError, match="do not match"):
         ItemMatrix(np.zeros((3, 4), np.float32), np.zeros(2, np.float32))
