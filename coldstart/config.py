@@ -67,11 +67,19 @@ class Settings:
     encoder_compile: bool = _doc("Use torch.compile(dynamic=True) for the encoder (off: the model already runs near the matmul limit; see bench/results/encoder.md).", False)
     encoder_threads: int = _doc("torch threads per Spark Python worker; 0 = cores / concurrent tasks (oversubscribed threads spin).", 0)
     # --- model ---------------------------------------------------------------------------
+    device: str = _doc("Device of training and of the score stage's top-k product: auto (CUDA when torch sees one) | "
+                       "cpu | cuda (an error without one). On CUDA float32 products use TF32. The encoder has "
+                       "encoder_device.", "auto")
     model_dim: int = _doc("Dimension of the user and item towers' output.", 64)
     train_epochs_warm: int = _doc("Epochs of fine-tuning from yesterday's checkpoint (bench/results/quality.md).", 3)
     train_epochs_full: int = _doc("Epochs of a full (or cold) retrain.", 6)
     train_replay_sample: int = _doc("Events of the week before the run date replayed with its data in warm training (recent days weigh more).", 50000)
     train_batch_size: int = _doc("Training batch size.", 1024)
+    train_processes: int = _doc("Data-parallel training ranks: 1 = one process (no distributor); N > 1 = N ranks "
+                                "started by pyspark's TorchDistributor (on the driver's host with a local master, "
+                                "on the executors otherwise), each on its shard of the events, the batch split N "
+                                "ways and the gradients averaged after every batch (coldstart/model/distributed.py).",
+                                1)
     train_learning_rate: float = _doc("Adam learning rate of the towers and heads.", 0.003)
     train_id_learning_rate: float = _doc("Adam learning rate of the id tables (user, item, history and target rows): "
                                          "a row moves only when its id is in a batch, so it needs a larger step than "
@@ -172,6 +180,7 @@ class Settings:
         need(re.fullmatch(r"\d+[kmgt]?b?", self.spark_driver_memory.strip().lower()) is not None,
              "spark_driver_memory", "expected a JVM size such as 512m or 2g")
         need(self.encoder_device in ("auto", "cpu", "cuda"), "encoder_device", "must be auto, cpu or cuda")
+        need(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
         need(self.encoder_sha256.strip().lower() in ("auto", "") or
              re.fullmatch(r"[0-9a-f]{64}", self.encoder_sha256.strip().lower()) is not None,
              "encoder_sha256", "expected 64 hex digits, 'auto' or ''")
@@ -210,6 +219,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "train_epochs_full": (0, 1000),
     "train_replay_sample": (0, 1_000_000_000),
     "train_batch_size": (1, 10_000_000),
+    "train_processes": (1, 1024),
     "train_learning_rate": (0.0, 10.0),
     "train_id_learning_rate": (0.0, 10.0),
     "train_id_dropout": (0.0, 1.0),

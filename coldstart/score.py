@@ -35,6 +35,7 @@ import pyarrow as pa
 from coldstart import idmap
 from coldstart.catalog import RECOMMENDATIONS
 from coldstart.config import Settings
+from coldstart.devices import resolve_device
 from coldstart.features import (POPULARITY_DAYS, content_vectors, daily_item_counts, day_numbers, interactions,
                                 latest_items, load_history, newest_first, popularity, recent_popularity, user_content,
                                 window_start)
@@ -119,7 +120,8 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     latest_rows = latest.groupby("user_id", observed=True).indices  # user -> row positions, so a block takes only its users
     fresh, pop = serving_state(lake, items, run_date)
     vectors, bias = item_vectors(ckpt, item_ids, item_content, fresh=fresh, pop=pop)
-    matrix = ItemMatrix(np.hstack([vectors, pop.astype(np.float32)[:, None]]), bias)  # last column: pop, for the boost
+    # last column: pop, for the boost; the products run on the device setting's device
+    matrix = ItemMatrix(np.hstack([vectors, pop.astype(np.float32)[:, None]]), bias, device=resolve_device(settings.device))
     boost = float(settings.cold_user_popularity_boost)
     dim = next(iter(item_content.values())).shape[0] if item_content else 1
     content = torch.from_numpy(np.stack([item_content.get(i, np.zeros(dim, np.float32)) for i in item_ids])

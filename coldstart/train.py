@@ -197,7 +197,12 @@ def train(spark, settings: Settings, run_date: dt.date, full_retrain: bool = Fal
         **item_state_inputs(lake, events["run_date"], catalogue))
     log.info("train %s: mode=%s on %d events (%d users, %d items)%s", run_date, mode, len(events),
              events["user_id"].nunique(), events["item_id"].nunique(), f"; parent {prior.checksum[:8]}" if prior else "")
-    ckpt = M.train(data, settings, prior=prior)
+    if settings.train_processes > 1:
+        from coldstart.model.distributed import train_distributed
+
+        ckpt = train_distributed(spark, data, settings, prior=prior)
+    else:
+        ckpt = M.train(data, settings, prior=prior)
     path, checksum = publish_checkpoint(ckpt, checkpoint_dir(settings, run_date))
     parent = parent if prior is not None else None
     version = f"{run_date.isoformat()}-{checksum[:8]}"

@@ -57,33 +57,36 @@ class InterestModel(nn.Module):
         if keep is not None:
             known = known & keep
         if table.num_embeddings == 0:
-            return torch.zeros(idx.shape[0], table.embedding_dim)
+            return torch.zeros(idx.shape[0], table.embedding_dim, device=table.weight.device)
         # dropped/unknown rows look up nothing, so no gradient (not even a zero one) reaches the table
         sel = known.nonzero().squeeze(1)
-        out = torch.zeros(idx.shape[0], table.embedding_dim, dtype=table.weight.dtype)
+        out = torch.zeros(idx.shape[0], table.embedding_dim, dtype=table.weight.dtype, device=table.weight.device)
         return out.index_copy(0, sel, table(idx[sel]))
 
     def scene_vectors(self, scene_idx: torch.Tensor) -> torch.Tensor:
         if self.scene.num_embeddings == 0:
-            return torch.zeros(scene_idx.shape[0], self.scene.embedding_dim)
+            return torch.zeros(scene_idx.shape[0], self.scene.embedding_dim, device=self.scene.weight.device)
         rows = self.scene(scene_idx.clamp(min=0))
         mean = self.scene.weight.mean(0, keepdim=True)
         return torch.where((scene_idx >= 0).unsqueeze(1), rows, mean)
 
     def history_sums(self, bags: "HistoryBags", rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum of item_hist rows, item count) over the bags of ``rows``, once per distinct row."""
-        uniq, inverse = torch.unique(rows, return_inverse=True)
+        """(sum of item_hist rows, item count) over the bags of ``rows`` (host indices: the bags live in
+        host memory), once per distinct row, on the table's device."""
+        device = self.item_hist.weight.device
+        uniq, inverse = torch.unique(rows.cpu(), return_inverse=True)
         flat, offsets, counts = bags.select(uniq)
+        inverse, counts = inverse.to(device), counts.to(device)
         if self.item_hist.num_embeddings == 0 or len(flat) == 0:
-            return torch.zeros(len(rows), self.item_hist.embedding_dim), counts[inverse].float()
-        sums = F.embedding_bag(flat, self.item_hist.weight, offsets, mode="sum", sparse=True)
+            return torch.zeros(len(rows), self.item_hist.embedding_dim, device=device), counts[inverse].float()
+        sums = F.embedding_bag(flat.to(device), self.item_hist.weight, offsets.to(device), mode="sum", sparse=True)
         return sums[inverse], counts[inverse].float()
 
     def user_vec(self, user_idx: torch.Tensor, content: torch.Tensor, scene_idx: torch.Tensor,
                  keep: torch.Tensor | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
         """``history``: the pooled history embedding per row (zeros when None)."""
         if history is None:
-            history = torch.zeros(len(user_idx), self.item_hist.embedding_dim)
+            history = torch.zeros(len(user_idx), self.item_hist.embedding_dim, device=self.item_hist.weight.device)
         x = torch.cat([content, self._lookup(self.user_id, user_idx, keep), self.scene_vectors(scene_idx), history],
                       dim=1)
         return self.user_tower(x)

@@ -119,11 +119,12 @@ def _evaluate(model: InterestModel, u_idx, u_content, s_idx, i_idx, values, item
     n_items = item_content_all.shape[0]
     if len(u_idx) == 0 or n_items == 0:
         return out
-    neg = torch.randint(n_items, (min(VALIDATION_NEGATIVES, n_items),), generator=gen)
+    device = item_content_all.device
+    neg = torch.randint(n_items, (min(VALIDATION_NEGATIVES, n_items),), generator=gen).to(device)
     u = model.user_vec(u_idx, u_content, s_idx, history=history)
     for cold in (False, True):
-        keep_pos = torch.zeros(len(i_idx), dtype=torch.bool) if cold else None
-        keep_neg = torch.zeros(len(neg), dtype=torch.bool) if cold else None
+        keep_pos = torch.zeros(len(i_idx), dtype=torch.bool, device=device) if cold else None
+        keep_neg = torch.zeros(len(neg), dtype=torch.bool, device=device) if cold else None
         v, b = model.item_vec(i_idx, item_content_all[i_idx.clamp(min=0)], keep_pos)
         vn, bn = model.item_vec(neg, item_content_all[neg], keep_neg)
         pos = model.interact_logit(u, v, b)
@@ -164,7 +165,10 @@ def train(data: TrainingData, settings, prior: Checkpoint | None = None, epochs:
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _train(data, settings, prior, epochs)
+        started = time.perf_counter()
+        ckpt = fit(prepare(data, settings, prior, epochs), data, settings, started=started)
+        assert ckpt is not None  # one process is rank 0
+        return ckpt
     finally:
         torch.set_num_threads(previous)
 
@@ -179,8 +183,31 @@ def _train_threads(settings) -> int:
     return max(1, (os.cpu_count() or 2) // 2)
 
 
-def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int | None) -> Checkpoint:
-    started = time.perf_counter()
+@dataclass
+class Start:
+    """What every data-parallel rank starts from: the initial checkpoint (a grown prior or a seeded fresh
+    model, with the index of every id of the whole data), its config, mode and number of epochs."""
+
+    ckpt: Checkpoint
+    config: dict
+    mode: str
+    epochs: int
+
+
+@dataclass(frozen=True)
+class Rank:
+    """This process's place among ``world`` data-parallel ranks; ``steps`` is the number of batches per
+    epoch every rank takes (all-reduces must pair up), ``batch`` the rows per rank and batch."""
+
+    rank: int = 0
+    world: int = 1
+    steps: int | None = None
+    batch: int | None = None
+    n_train: int | None = None  # training rows over all ranks (the metrics report it)
+
+
+def prepare(data: TrainingData, settings, prior: Checkpoint | None, epochs: int | None) -> Start:
+    """The starting point of training on ``data`` (see :func:`train`); the ids index the whole data."""
     seed = int(settings.seed)
     item_map = content_mapping(data.item_content)
     user_map = content_mapping(data.user_content)
@@ -226,10 +253,35 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
                   id_learning_rate=float(settings.train_id_learning_rate), id_dropout=float(settings.train_id_dropout),
                   loss_weight_interact=float(settings.loss_weight_interact),
                   loss_weight_rating=float(settings.loss_weight_rating), n_events=len(data))
+    return Start(ckpt=ckpt, config=config, mode=mode, epochs=n_epochs)
+
+
+def fit(start: Start, data: TrainingData, settings, started: float | None = None,
+        rank: Rank = Rank()) -> Checkpoint | None:
+    """Train ``start``'s model on ``data`` (its validation rows held out) on the ``device`` setting's device;
+    the result's model is on the CPU. With ``rank.world`` > 1 this process is one data-parallel rank
+    (torch.distributed already initialised; ``data`` is its shard): the ranks start from the same model,
+    sum their gradients after every batch (:func:`all_reduce_gradients`) and so take identical steps;
+    rank 0 evaluates and returns the checkpoint, the others return None."""
+    from coldstart.devices import fast_matmul, resolve_device
+
+    started = time.perf_counter() if started is None else started
+    device = resolve_device(getattr(settings, "device", "cpu"))
+    with fast_matmul(device):
+        return _fit(start, data, settings, started, rank, device)
+
+
+def _fit(start: Start, data: TrainingData, settings, started: float, rank: Rank, device: str) -> Checkpoint | None:
+    seed = int(settings.seed)
+    ckpt, config, mode, n_epochs = start.ckpt, start.config, start.mode, start.epochs
+    item_map = content_mapping(data.item_content)
+    user_map = content_mapping(data.user_content)
+    content_dim = int(config["content_dim"])
+    model = ckpt.model.to(device)
 
     # tensors ----------------------------------------------------------------------------------
     item_keys = index_list(ckpt.item_index)
-    item_content_all = torch.from_numpy(content_matrix(item_keys, item_map, content_dim)[0])
+    item_content_all = torch.from_numpy(content_matrix(item_keys, item_map, content_dim)[0]).to(device)
     uniq_users, user_codes = np.unique(data.user_ids, return_inverse=True)
     user_mat = torch.from_numpy(content_matrix(uniq_users, user_map, content_dim)[0])
     u_all = torch.from_numpy(idmap.positions(uniq_users, ckpt.user_index))[torch.from_numpy(user_codes.astype(np.int64))]
@@ -245,7 +297,8 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
     val_mask = _validation_split(data, seed)
     tr = torch.from_numpy(np.flatnonzero(~val_mask))
     va = torch.from_numpy(np.flatnonzero(val_mask))
-    gen = torch.Generator().manual_seed(seed)
+    # One stream per rank (the host's generator: the same draws on any device); rank 0 of one is today's.
+    gen = torch.Generator().manual_seed(seed + 1_000_003 * rank.rank)
     eval_gen_seed = seed + 1
 
     sparse_tables = ("user_id.", "item_id.", "item_id_bias.", "item_hist.", "item_target.")
@@ -257,9 +310,14 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
     opt_sparse = torch.optim.SparseAdam(sparse, lr=float(settings.train_id_learning_rate))
     p_drop = float(settings.train_id_dropout)
     w_i, w_r = float(settings.loss_weight_interact), float(settings.loss_weight_rating)
-    batch = int(settings.train_batch_size)
+    batch = int(rank.batch or settings.train_batch_size)
     n_items = item_content_all.shape[0]
     n_neg = min(NEGATIVES_PER_BATCH, n_items)
+    if rank.world > 1 and not len(tr):
+        raise ValueError(f"rank {rank.rank} of {rank.world} has no training rows")
+
+    def on(x: torch.Tensor) -> torch.Tensor:
+        return x.to(device, non_blocking=True)
 
     history: list[dict[str, float]] = []
     for epoch in range(n_epochs):
@@ -268,17 +326,22 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
         order = tr[torch.randperm(len(tr), generator=gen)]
         sums = {"loss": 0.0, "interact": 0.0, "rating": 0.0}
         n_batches = 0
-        for start in range(0, len(order), batch):
-            rows = order[start:start + batch]
+        steps = -(-len(order) // batch) if rank.steps is None else rank.steps
+        for step in range(steps):
+            rows = order[step * batch:(step + 1) * batch]
+            # A rank whose shard ran out still joins the step's all-reduce, with a zero-weighted row.
+            weight = 1.0 if len(rows) else 0.0
+            rows = rows if len(rows) else order[:1]
             b = len(rows)
-            ui, si, ii, vals = u_all[rows], s_all[rows], i_all[rows], v_all[rows]
-            uc = user_mat[uc_all[rows]]
+            ui, si, ii, vals = on(u_all[rows]), on(s_all[rows]), i_all[rows], on(v_all[rows])
+            uc = on(user_mat[uc_all[rows]])
             neg = torch.randint(n_items, (n_neg,), generator=gen)
-            keep_u = torch.rand(b, generator=gen) >= p_drop
-            keep_i = torch.rand(b + n_neg, generator=gen) >= p_drop
-            keep_h = torch.rand(b, generator=gen) >= p_drop
-            items = torch.cat([ii, neg])
-            hist = _leave_one_out(model, bags, uc_all[rows], ii, in_bag[rows]) * keep_h.unsqueeze(1)
+            keep_u = on(torch.rand(b, generator=gen) >= p_drop)
+            keep_i = on(torch.rand(b + n_neg, generator=gen) >= p_drop)
+            keep_h = on(torch.rand(b, generator=gen) >= p_drop)
+            items = on(torch.cat([ii, neg]))
+            ii_host, neg_host, ii = ii, neg, on(ii)
+            hist = _leave_one_out(model, bags, uc_all[rows], ii, on(in_bag[rows])) * keep_h.unsqueeze(1)
             u = model.user_vec(ui, uc, si, keep_u, hist)
             v, bias = model.item_vec(items, item_content_all[items], keep_i)
             v_pos, b_pos, v_neg, b_neg = v[:b], bias[:b], v[b:], bias[b:]
@@ -288,7 +351,8 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
             if state is None:
                 neg_loss = F.softplus(neg_logit).mean()
             else:
-                pos_state, neg_state, neg_live = state.batch(rows, ii, neg)
+                pos_state, neg_state, neg_live = state.batch(rows, ii_host, neg_host)
+                pos_state, neg_state, neg_live = tuple(map(on, pos_state)), tuple(map(on, neg_state)), on(neg_live)
                 pos_logit = pos_logit + model.state_term(*pos_state)
                 neg_logit = neg_logit + model.state_term(*neg_state)
                 # a negative whose catalogue row did not exist yet on the event's day was no candidate then
@@ -299,29 +363,37 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
                 pred = model.rating(u[rated], v_pos[rated], b_pos[rated])
                 loss_r = F.mse_loss(pred, vals[rated])
             else:
-                loss_r = torch.zeros(())
+                loss_r = torch.zeros((), device=device)
             loss = w_i * loss_i + w_r * loss_r
             opt_dense.zero_grad(set_to_none=True)
             opt_sparse.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * weight if weight != 1.0 else loss).backward()
+            if rank.world > 1:
+                all_reduce_gradients(model, rank.world)
             opt_dense.step()
             opt_sparse.step()
-            sums["loss"] += float(loss.detach())
-            sums["interact"] += float(loss_i.detach())
-            sums["rating"] += float(loss_r.detach())
-            n_batches += 1
+            if weight:
+                sums["loss"] += float(loss.detach())
+                sums["interact"] += float(loss_i.detach())
+                sums["rating"] += float(loss_r.detach())
+                n_batches += 1
         epoch_stats = {k: v / max(n_batches, 1) for k, v in sums.items()}
         history.append(epoch_stats)
         log.info("%s epoch %d/%d: loss %.4f (interact %.4f, rating %.4f) on %d events, %.1fs", mode, epoch + 1,
                  n_epochs, epoch_stats["loss"], epoch_stats["interact"], epoch_stats["rating"], len(tr),
                  time.perf_counter() - t0)
 
+    if rank.rank != 0:
+        return None
     with torch.no_grad():
-        val_hist = _leave_one_out(model, bags, uc_all[va], i_all[va], in_bag[va])
-    val = _evaluate(model, u_all[va], user_mat[uc_all[va]], s_all[va], i_all[va], v_all[va], item_content_all,
-                    torch.Generator().manual_seed(eval_gen_seed), val_hist)
+        val_hist = _leave_one_out(model, bags, uc_all[va], on(i_all[va]), on(in_bag[va]))
+    val = _evaluate(model, on(u_all[va]), on(user_mat[uc_all[va]]), on(s_all[va]), on(i_all[va]), on(v_all[va]),
+                    item_content_all, torch.Generator().manual_seed(eval_gen_seed), val_hist)
     model.eval()
-    metrics = {"mode": mode, "epochs": n_epochs, "n_train": int(len(tr)), **val,
+    model = model.cpu()
+    if rank.world > 1:
+        config["train_processes"] = rank.world
+    metrics = {"mode": mode, "epochs": n_epochs, "n_train": int(len(tr) if rank.n_train is None else rank.n_train), **val,
                "train_loss": [round(h["loss"], 6) for h in history],
                "train_loss_interact": [round(h["interact"], 6) for h in history],
                "train_loss_rating": [round(h["rating"], 6) for h in history]}
@@ -330,6 +402,52 @@ def _train(data: TrainingData, settings, prior: Checkpoint | None, epochs: int |
              _fmt(val["val_rating_rmse"]), _fmt(val["val_rating_rmse_baseline"]))
     return Checkpoint(model=model, user_index=ckpt.user_index, item_index=ckpt.item_index,
                       scene_index=ckpt.scene_index, config=config, metrics=json_safe(metrics))
+
+
+def all_reduce_gradients(model: torch.nn.Module, world: int) -> None:
+    """Replace every parameter's gradient by the mean over the ``world`` ranks (torch.distributed initialised).
+
+    Dense gradients: one all-reduce each. The id tables' sparse gradients (rows of the ids in the batch)
+    cannot go through NCCL's all-reduce and would be huge made dense, so each rank's coalesced (rows,
+    values) are all-gathered, padded to the largest, and summed into one coalesced sparse gradient. A
+    parameter this rank's batch did not reach gets a zero gradient so that the collectives pair up. The
+    same order of operations on every rank: the ranks' parameters stay identical."""
+    import torch.distributed as dist
+
+    for param in model.parameters():
+        grad = param.grad
+        if isinstance(param, torch.nn.Parameter) and grad is None and not _is_sparse_table(model, param):
+            grad = param.grad = torch.zeros_like(param)
+        if grad is not None and not grad.is_sparse:
+            dist.all_reduce(grad)
+            grad.div_(world)
+            continue
+        device, width = param.device, param.shape[1:]
+        if grad is None:
+            rows, values = torch.zeros(0, dtype=torch.int64, device=device), param.new_zeros((0, *width))
+        else:
+            grad = grad.coalesce()
+            rows, values = grad.indices()[0], grad.values()
+        count = torch.tensor([len(rows)], dtype=torch.int64, device=device)
+        counts = [torch.zeros_like(count) for _ in range(world)]
+        dist.all_gather(counts, count)
+        most = int(max(int(c) for c in counts))
+        padded_rows = torch.zeros(most, dtype=torch.int64, device=device)
+        padded_values = param.new_zeros((most, *width))
+        padded_rows[:len(rows)], padded_values[:len(rows)] = rows, values
+        all_rows = [torch.empty_like(padded_rows) for _ in range(world)]
+        all_values = [torch.empty_like(padded_values) for _ in range(world)]
+        dist.all_gather(all_rows, padded_rows)
+        dist.all_gather(all_values, padded_values)
+        rows = torch.cat([r[:int(c)] for r, c in zip(all_rows, counts)])
+        values = torch.cat([v[:int(c)] for v, c in zip(all_values, counts)]) / world
+        # No rank touched the table: no gradient, as in one process (SparseAdam then skips it).
+        param.grad = (torch.sparse_coo_tensor(rows.unsqueeze(0), values, param.shape, check_invariants=True).coalesce()
+                      if len(rows) else None)
+
+
+def _is_sparse_table(model: torch.nn.Module, param: torch.nn.Parameter) -> bool:
+    return any(isinstance(m, torch.nn.Embedding) and m.sparse and m.weight is param for m in model.modules())
 
 
 def _history_bags(data: TrainingData, uniq_users: np.ndarray, item_index: Mapping[str, int]) -> HistoryBags:
