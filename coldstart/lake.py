@@ -979,35 +979,17 @@ def _stats_json(meta: pq.FileMetaData) -> str:
 
 
 def spark_type(t: pa.DataType):
-    from pyspark.sql import types as T
+    """The Spark SQL type of an Arrow type (pyspark's own mapping; a zoned or naive timestamp is a TimestampType)."""
+    from pyspark.sql.pandas.types import from_arrow_type
 
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return T.StringType()
-    if pa.types.is_int64(t):
-        return T.LongType()
-    if pa.types.is_int32(t):
-        return T.IntegerType()
-    if pa.types.is_float64(t):
-        return T.DoubleType()
-    if pa.types.is_float32(t):
-        return T.FloatType()
-    if pa.types.is_boolean(t):
-        return T.BooleanType()
-    if pa.types.is_date32(t):
-        return T.DateType()
-    if pa.types.is_timestamp(t):
-        return T.TimestampType()
-    if pa.types.is_map(t):
-        return T.MapType(spark_type(t.key_type), spark_type(t.item_type), True)
-    if pa.types.is_list(t) or pa.types.is_large_list(t):
-        return T.ArrayType(spark_type(t.value_type), True)
-    raise TypeError(f"no Spark type for {t}")
+    return from_arrow_type(t, prefer_timestamp_ntz=False)
 
 
 def spark_schema_for(spec: Table):
-    from pyspark.sql import types as T
+    """The Spark schema of a catalog table."""
+    from pyspark.sql.pandas.types import from_arrow_schema
 
-    return T.StructType([T.StructField(f.name, spark_type(f.type), f.nullable) for f in spec.schema])
+    return from_arrow_schema(spec.schema, prefer_timestamp_ntz=False)
 
 
 def conform_spark(df, spec: Table):

@@ -30,6 +30,7 @@ log = logging.getLogger("coldstart.report")
 
 HEADLINE_K = 20
 BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_BATCH_VALUES = 10_000_000
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 SLICES = ("all", "cold_users", "warm_users", "cold_items", "cold_only")
 
@@ -75,12 +76,14 @@ def paired_bootstrap(per_user: pd.DataFrame, a: str, b: str, resamples: int = BO
     diff = (wide[a] - wide[b]).dropna().to_numpy()
     if len(diff) == 0:
         return {"n": 0, "mean": float("nan"), "low": float("nan"), "high": float("nan")}
-    rng = np.random.default_rng(seed)
-    means = np.empty(resamples)
-    for r in range(resamples):  # a loop, not an (R, n) matrix: bounded memory for any n
-        means[r] = diff[rng.integers(0, len(diff), len(diff))].mean()
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"n": int(len(diff)), "mean": float(diff.mean()), "low": float(low), "high": float(high)}
+    if len(diff) < 2:  # every resample is the one value
+        return {"n": int(len(diff)), "mean": float(diff.mean()), "low": float(diff[0]), "high": float(diff[0])}
+    from scipy.stats import bootstrap
+
+    # batch: resamples computed at a time, so that memory stays ~BOOTSTRAP_BATCH_VALUES floats for any n
+    interval = bootstrap((diff,), np.mean, n_resamples=resamples, batch=max(1, BOOTSTRAP_BATCH_VALUES // len(diff)),
+                         method="percentile", confidence_level=0.95, rng=np.random.default_rng(seed)).confidence_interval
+    return {"n": int(len(diff)), "mean": float(diff.mean()), "low": float(interval.low), "high": float(interval.high)}
 
 
 # --------------------------------------------------------------------------------------------
