@@ -94,6 +94,8 @@ class Settings:
     active_days: int = _doc("A known user seen within this many days is active.", 30)
     scenes_per_user: int = _doc("How many of a user's most frequent recent scenes get a list.", 1)
     score_block_users: int = _doc("Users per block in blocked scoring (bounds memory).", 4096)
+    score_partitions: int = _doc("Spark partitions of the active users in the score stage (each scored by one task); "
+                                 "0 = spark_shuffle_partitions.", 0)
     cold_user_popularity_boost: float = _doc("Extra weight on an item's recent popularity in the scores of cold users "
                                              "(a profile or 1-5 recent events): their vectors rest on little evidence, "
                                              "so their lists lean towards what is popular now (bench/results/quality.md); "
@@ -231,6 +233,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "active_days": (1, 3650),
     "scenes_per_user": (1, 100),
     "score_block_users": (1, 10_000_000),
+    "score_partitions": (0, 1_000_000),
     "cold_user_popularity_boost": (0.0, 1000.0),
     "task_retries": (0, 100),
     "landing_timeout_minutes": (0, 525_600),

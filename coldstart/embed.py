@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import re
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from coldstart.config import Settings
+from coldstart.spark import worker_threads
 
 log = logging.getLogger("coldstart.embed")
 
@@ -32,16 +31,6 @@ OUTPUT_DDL = ("entity_type string, entity_id string, encoder string, content_has
 # encoder in memory (about 0.8 GiB) using all the cores, instead of an encoder per core at the same
 # speed; a catalogue is split over the cores (bench/results/nightly_scale.md).
 TEXTS_PER_TASK = 4096
-
-
-def worker_threads(settings: Settings, tasks: int | None = None) -> int:
-    """torch threads for one Python worker: with local[k], min(k, tasks) workers share the machine's cores."""
-    if settings.encoder_threads:
-        return settings.encoder_threads
-    cores = os.cpu_count() or 1
-    match = re.fullmatch(r"local\[(\d+|\*)(?:,\d+)?\]", settings.spark_master)
-    slots = (cores if match.group(1) == "*" else int(match.group(1))) if match else 1
-    return max(1, cores // max(1, min(slots, tasks or slots)))
 
 
 def encode_partitions(settings: Settings, run_date: dt.date, tasks: int | None = None):

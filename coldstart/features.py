@@ -265,3 +265,122 @@ def recent_popularity(counts: pd.DataFrame, item_keys: Sequence[str], days: Sequ
         weights = np.power(0.5, (day - 1 - count_days[before]) / POPULARITY_HALF_LIFE_DAYS)
         out[row] = np.log1p(np.bincount(cols[before], weights=values[before] * weights, minlength=len(item_keys)))
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# The same features as Spark aggregations over the Delta tables (the score stage): one row per user
+# or per item, computed on the executors; only the per-item ones (O(items)) reach the driver.
+# --------------------------------------------------------------------------------------------
+def window_days(settings: Settings, run_date: dt.date) -> list[dt.date]:
+    """The run dates of the active window ending at run_date."""
+    return [window_start(settings, run_date) + dt.timedelta(days=n) for n in range(settings.active_days)]
+
+
+def window_events_spark(spark, lake: Lake, settings: Settings, run_date: dt.date):
+    """Interactions of the active window (files pruned by run_date partition) as a Spark DataFrame."""
+    return lake.read_spark(spark, "interactions", partitions={"run_date": window_days(settings, run_date)})
+
+
+def _ranked(frame, by: list[str], order: list, per_user: int):
+    """Rows of ``frame`` numbered within each user by ``order`` (column expressions), the first ``per_user`` kept."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    return frame.withColumn("_rank", F.row_number().over(Window.partitionBy(*by).orderBy(*order))) \
+        .filter(F.col("_rank") <= per_user)
+
+
+def _ordered_list(frame, value: str, name: str):
+    """(user_id, ``name``): each user's ``value`` column as an array in ``_rank`` order."""
+    from pyspark.sql import functions as F
+
+    return frame.groupBy("user_id").agg(
+        F.sort_array(F.collect_list(F.struct("_rank", value))).getField(value).alias(name))
+
+
+def recent_counts_spark(events):
+    """(user_id, n_recent): events per user (History.user_counts)."""
+    return events.groupBy("user_id").count().withColumnRenamed("count", "n_recent")
+
+
+def top_scenes_spark(events, per_user: int = 1):
+    """(user_id, scenes): the user's ``per_user`` most frequent scenes, most frequent first, ties: the
+    latest event wins, then the scene's name (History.top_scenes)."""
+    from pyspark.sql import functions as F
+
+    counts = events.groupBy("user_id", "scene").agg(F.count("*").alias("n"), F.max("event_ts").alias("last"))
+    top = _ranked(counts, ["user_id"], [F.col("n").desc(), F.col("last").desc(), F.col("scene")], per_user)
+    return _ordered_list(top, "scene", "scenes")
+
+
+def latest_items_spark(events, per_user: int = HISTORY_ITEMS):
+    """(user_id, latest): each user's ``per_user`` most recently used distinct items, newest first, ties by
+    item (latest_items)."""
+    from pyspark.sql import functions as F
+
+    last = events.groupBy("user_id", "item_id").agg(F.max("event_ts").alias("last"))
+    return _ordered_list(_ranked(last, ["user_id"], [F.col("last").desc(), F.col("item_id")], per_user),
+                         "item_id", "latest")
+
+
+def latest_events_spark(events, items, per_user: int, name: str):
+    """(user_id, ``name``): the items of each user's ``per_user`` newest events (repeats kept) among
+    ``items`` (a DataFrame of item_id), newest first, ties by item."""
+    from pyspark.sql import functions as F
+
+    kept = events.select("user_id", "item_id", "event_ts").join(F.broadcast(items), "item_id")
+    return _ordered_list(_ranked(kept, ["user_id"], [F.col("event_ts").desc(), F.col("item_id")], per_user),
+                         "item_id", name)
+
+
+def window_items_spark(events):
+    """(user_id, window_items): the distinct items of each user's window events, sorted (the pairs
+    pool_user_content pools)."""
+    from pyspark.sql import functions as F
+
+    return events.groupBy("user_id").agg(F.array_sort(F.collect_set("item_id")).alias("window_items"))
+
+
+def consumed_spark(spark, lake: Lake, run_date: dt.date, items):
+    """(user_id, consumed): the distinct items among ``items`` (a DataFrame of item_id) each user used in any
+    accepted interaction up to run_date, sorted; every user with any interaction has a row (an empty
+    array when none of them is among ``items``)."""
+    from pyspark.sql import functions as F
+
+    pairs = lake.read_spark(spark, "interactions").filter(F.col("run_date") <= F.lit(run_date)) \
+        .select("user_id", "item_id").distinct()
+    marked = pairs.join(F.broadcast(items.withColumn("_listed", F.lit(True))), "item_id", "left")
+    return marked.groupBy("user_id").agg(
+        F.array_sort(F.collect_list(F.when(F.col("_listed"), F.col("item_id")))).alias("consumed"))
+
+
+def profiles_spark(spark, lake: Lake, settings: Settings):
+    """(user_id, profile): the configured encoder's vector of each user profile (content_vectors)."""
+    from pyspark.sql import functions as F
+
+    return lake.read_spark(spark, "entity_embeddings").filter(
+        (F.col("entity_type") == "user") & (F.col("encoder") == settings.encoder_name)) \
+        .select(F.col("entity_id").alias("user_id"), F.col("embedding").alias("profile"))
+
+
+def popularity_spark(events, run_date: dt.date, half_life: float = POPULARITY_HALF_LIFE_DAYS) -> pd.DataFrame:
+    """popularity() as a Spark aggregation, collected: (scene, item_id, score), O(scenes x items) rows.
+    Each (scene, item)'s weights are summed in ascending order, so the sums do not depend on how the
+    events are partitioned (they may differ from popularity()'s in the last bits)."""
+    from pyspark.sql import functions as F
+
+    end_us = int(dt.datetime.combine(run_date + dt.timedelta(days=1), dt.time(), dt.timezone.utc).timestamp()) * 1_000_000
+    age = (F.lit(end_us) - F.unix_micros("event_ts")) / F.lit(1e6) / F.lit(86400.0)
+    weights = events.select("scene", "item_id", F.pow(F.lit(0.5), age / F.lit(half_life)).alias("w"))
+    summed = weights.groupBy("scene", "item_id").agg(
+        F.aggregate(F.array_sort(F.collect_list("w")), F.lit(0.0), lambda acc, w: acc + w).alias("score"))
+    return summed.toPandas().sort_values(["scene", "item_id"]).reset_index(drop=True)
+
+
+def daily_item_counts_spark(spark, lake: Lake, first: dt.date, last: dt.date) -> pd.DataFrame:
+    """daily_item_counts() as a Spark aggregation, collected: (item_id, day, count), O(items x days) rows."""
+    days = [first + dt.timedelta(days=n) for n in range((last - first).days + 1)]
+    counts = lake.read_spark(spark, "interactions", partitions={"run_date": days}) \
+        .groupBy("item_id", "run_date").count().toPandas()
+    return pd.DataFrame({"item_id": counts["item_id"], "day": day_numbers(counts["run_date"]),
+                         "count": counts["count"].astype(np.int64)})

@@ -16,7 +16,7 @@ log = logging.getLogger("coldstart.pipeline")
 STAGES = ("ingest", "embed", "train", "score", "evaluate")
 # Stages that run Spark jobs. The others read and write Delta through delta-rs; evaluate starts a
 # session itself only when the ALS baseline needs one.
-SPARK_STAGES = ("ingest", "embed")
+SPARK_STAGES = ("ingest", "embed", "score")
 # The tables each stage reads or writes (with the night's bookkeeping): its job checks their Delta logs
 # before any work.
 _BOOKKEEPING = ("night_manifest", "stage_runs")
@@ -254,7 +254,7 @@ def run_days(settings: Settings, dates: Iterable[dt.date], stages: Iterable[str]
         dates += later_nights(settings, dates)
     stages = [s for s in stages if s not in set(skip)]
     check_start(settings, stages, dates, top_k)
-    if spark is None and any(needs_spark(s) for s in stages):  # train/score alone need no JVM
+    if spark is None and any(needs_spark(s) for s in stages):  # train (or evaluate) alone needs no JVM
         spark = get_session(settings)
     results = {}
     for day in dates:

@@ -10,9 +10,12 @@
   a noisy guess, and leaning on what is popular now was worth more than it on the quality bench
   (bench/results/quality.md). The boost is one more column of the item matrix (pop) met by one more
   coordinate of the user vector (the boost, or 0), so it costs no second pass;
-* scoring runs in blocks of ``score_block_users`` (user, scene) lists: the block's user vectors, a
-  top-k kernel (:func:`coldstart.ranking.top_k_scores`) and the block's Arrow batch, streamed into one Delta commit,
-  so memory is bounded by the block, not by the number of users;
+* scoring runs on the executors: the active users are one Spark DataFrame of their inputs (Spark
+  aggregations over the Delta tables), partitioned by user (``score_partitions``); each task's Python
+  worker scores its users in blocks of ``score_block_users`` (user, scene) lists with the top-k kernel
+  (:func:`coldstart.ranking.top_k_scores`) against the broadcast item matrix, and the executors write
+  the rows for one Delta commit (``Lake.write_spark``): the driver holds the item side only
+  (O(items x dim)), whatever the number of users;
 * a second list per (user, scene), ``list = 'new'`` ("new for you"): the ``new_list_size`` best items by
   the same scores among the items nobody has used up to D (fresh on the serving day), what a new-arrivals
   shelf beside the main list shows; users scored by the model get their own ranking of them, users
@@ -26,22 +29,31 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from typing import Iterator, Sequence
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from coldstart import idmap
+from coldstart import idmap, storage
 from coldstart.catalog import RECOMMENDATIONS
 from coldstart.config import Settings
 from coldstart.devices import resolve_device
-from coldstart.features import (POPULARITY_DAYS, content_vectors, daily_item_counts, day_numbers, interactions,
-                                latest_items, load_history, newest_first, popularity, recent_popularity, user_content,
+from coldstart.features import (POPULARITY_DAYS, consumed_spark, content_vectors, daily_item_counts,
+                                daily_item_counts_spark, day_numbers, latest_events_spark, latest_items_spark,
+                                pool_user_content, popularity_spark, profiles_spark, recent_counts_spark,
+                                recent_popularity, top_scenes_spark, window_events_spark, window_items_spark,
                                 window_start)
-from coldstart.lake import Lake
+from coldstart.lake import Lake, spark_schema_for
 from coldstart.ranking import ItemMatrix, popular_in_scene, top_k_scores
 from coldstart.registry import registry_row
+
+if TYPE_CHECKING:
+    from pyspark import Broadcast
+
+    from coldstart.model import Checkpoint
 
 log = logging.getLogger("coldstart.score")
 
@@ -54,32 +66,28 @@ class ModelMissingError(RuntimeError):
     pass
 
 
-def segments(users: pd.DataFrame, recent_counts: pd.Series, with_history: set) -> pd.Series:
-    """new (no history, no profile), cold (a profile, 1-5 recent events, or only older history), warm (more)."""
-    n = users["user_id"].map(recent_counts).fillna(0).astype(int)
-    known = (users["content_text"].fillna("") != "") | (n > 0) | users["user_id"].isin(with_history)
-    return pd.Series(np.where(n > 5, "warm", np.where(known, "cold", "new")), index=users.index)
-
-
 # --------------------------------------------------------------------------------------------
-# the stage
+# the stage: the driver prepares the item side (O(items x dim)), the executors score the users
 # --------------------------------------------------------------------------------------------
-def consumed_pairs(lake: Lake, run_date: dt.date) -> pd.DataFrame:
-    """Distinct (user_id, item_id) of every accepted interaction up to run_date (categoricals)."""
-    return interactions(lake, dt.date.min, run_date, ["user_id", "item_id"]).drop_duplicates()
-
-
-def consumed_positions(pairs: pd.DataFrame, item_index: dict) -> dict[str, np.ndarray]:
-    """user_id -> sorted positions (in ``item_index``) of the active items the user consumed."""
-    codes = idmap.positions(idmap.id_column(pairs["item_id"]), item_index)
-    pairs, codes = pairs[codes >= 0], codes[codes >= 0]
-    return {user: np.sort(codes[rows]) for user, rows in pairs.groupby("user_id", observed=True).indices.items()}
+USER_INPUTS = ("user_id", "has_profile", "n_recent", "has_history", "scenes", "latest", "recent", "window_items",
+               "consumed", "profile")
 
 
 def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None) -> dict:
-    import torch
+    """Write run_date's recommendations (one partition, one commit) for every active user.
 
-    from coldstart.model import Checkpoint, item_vectors, user_vectors
+    The driver loads the registered checkpoint, computes the item matrix of the active items and the
+    per-item state (popularity, freshness, titles): O(items x dim), broadcast once to the executors.
+    The users' inputs are Spark aggregations over the Delta tables (:func:`user_inputs`), one row per
+    active user, partitioned by user (setting ``score_partitions``); each partition's Python worker
+    loads the checkpoint once (cached per process), builds its users' vectors, ranks with the top-k
+    kernel and writes the reasons, and the rows go to the table from the executors (Lake.write_spark).
+    No per-user data reaches the driver."""
+    from pyspark.sql import functions as F
+    from pyspark.storagelevel import StorageLevel
+
+    from coldstart.model import Checkpoint, item_vectors
+    from coldstart.spark import get_session
 
     k = int(top_k or settings.top_k)
     if k <= 0:
@@ -88,105 +96,231 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     reg = registry_row(lake, run_date)
     if reg is None:
         raise ModelMissingError(f"score {run_date}: no model in model_registry for {run_date} (run train first)")
+    spark = spark or get_session(settings, app_name="coldstart-score")
     ckpt = Checkpoint.load(reg["checkpoint_uri"], expected_checksum=reg["checksum"])  # the model as registered
     version = reg["model_version"]
 
     items = lake.read_pandas("items", columns=["item_id", "title", "active", "first_interaction", "first_seen"])
     items = items[items["active"] & (items["first_seen"] <= run_date)].sort_values("item_id").reset_index(drop=True)
     item_ids = items["item_id"].to_numpy()
-    item_index = {i: n for n, i in enumerate(item_ids)}
-    is_new = (items["first_interaction"].isna() | (items["first_interaction"] >= run_date)).to_numpy()
     titles = items["title"].where(items["title"].fillna("") != "", items["item_id"]).to_numpy()
-
-    users = lake.read_pandas("users", columns=["user_id", "content_text", "first_seen", "last_seen"])
-    users = users[(users["last_seen"] >= window_start(settings, run_date)) & (users["first_seen"] <= run_date)]
-    users = users.sort_values("user_id").reset_index(drop=True)
-    history = load_history(lake, settings, run_date)
-    consumed = consumed_pairs(lake, run_date)
-    users["segment"] = segments(users, history.user_counts(), set(consumed["user_id"].unique()))
-    users["has_profile"] = users["content_text"].fillna("") != ""
-    scenes = history.top_scenes(settings.scenes_per_user)
-    pairs = users[["user_id", "segment", "has_profile"]].merge(scenes, on="user_id", how="left")
-    pairs["scene"] = pairs["scene"].fillna("default")
-    log.info("score %s: %d active users (%s), %d (user, scene) lists over %d active items (%d new), model %s",
-             run_date, len(users), users["segment"].value_counts().to_dict(), len(pairs), len(items), int(is_new.sum()),
-             version)
-
     item_content = content_vectors(lake, settings, "item")
-    profiles = content_vectors(lake, settings, "user")
-    window_pairs = history.events[["user_id", "item_id"]].drop_duplicates()
-    u_content = user_content(window_pairs, item_content, profiles)
-    latest = latest_items(history.events)
-    latest_rows = latest.groupby("user_id", observed=True).indices  # user -> row positions, so a block takes only its users
-    fresh, pop = serving_state(lake, items, run_date)
+    fresh, pop = serving_state(lake, items, run_date, spark=spark)
     vectors, bias = item_vectors(ckpt, item_ids, item_content, fresh=fresh, pop=pop)
-    # last column: pop, for the boost; the products run on the device setting's device
-    matrix = ItemMatrix(np.hstack([vectors, pop.astype(np.float32)[:, None]]), bias, device=resolve_device(settings.device))
-    boost = float(settings.cold_user_popularity_boost)
-    dim = next(iter(item_content.values())).shape[0] if item_content else 1
-    content = torch.from_numpy(np.stack([item_content.get(i, np.zeros(dim, np.float32)) for i in item_ids])
-                               if len(item_ids) else np.zeros((0, dim), np.float32))
-    recent = recent_positions(history.events, item_index)
-    liked = np.array([f"similar to {t} you liked" for t in titles], dtype=object)  # reason per item, made once
-    popular = popularity(history.events, run_date)
-    consumed_by_user = consumed_positions(consumed, item_index)
+    del ckpt  # the workers load their own; the driver keeps only the item side
+    events = window_events_spark(spark, lake, settings, run_date)
+    state = ItemState(
+        item_ids=item_ids, is_new=(items["first_interaction"].isna() | (items["first_interaction"] >= run_date)).to_numpy(),
+        liked=np.array([f"similar to {t} you liked" for t in titles], dtype=object),  # reason per item, made once
+        vectors=np.hstack([vectors, pop.astype(np.float32)[:, None]]),  # last column: pop, for the boost
+        bias=bias, fresh_positions=np.flatnonzero(fresh), content_ids=np.array(list(item_content), dtype=object),
+        content=np.stack(list(item_content.values())) if item_content else np.zeros((0, 1), np.float32),
+        popular=popularity_spark(events, run_date))
+    job = ScoreJob(settings=settings, run_date=run_date, k=k, version=version, checkpoint_uri=reg["checkpoint_uri"],
+                   checksum=reg["checksum"], env=storage.worker_env(), items=spark.sparkContext.broadcast(state))
+
+    active = spark.createDataFrame(pd.DataFrame({"item_id": item_ids.astype(str)}), "item_id string")
+    inputs = user_inputs(spark, lake, settings, run_date, events, active)
+    parts = settings.score_partitions or settings.spark_shuffle_partitions
+    # on disk, not in memory: the count and the scoring read it, and in local mode the executors' memory is the driver's
+    inputs = inputs.repartition(parts, "user_id").persist(StorageLevel.DISK_ONLY)
+    counted = inputs.groupBy(segment_column(inputs).alias("segment")).agg(
+        F.count("*").alias("users"), F.sum(F.greatest(F.size("scenes"), F.lit(1))).alias("lists")).collect()
+    by_segment = {r["segment"]: int(r["users"]) for r in counted}
+    n_users, n_lists = sum(by_segment.values()), sum(int(r["lists"]) for r in counted)
+    log.info("score %s: %d active users (%s), %d (user, scene) lists over %d active items (%d new), model %s, "
+             "%d partitions", run_date, n_users, by_segment, n_lists, len(item_ids), int(state.is_new.sum()), version, parts)
+    try:
+        rows = inputs.mapInArrow(job.partition, spark_schema_for(RECOMMENDATIONS))
+        written = lake.write_spark(rows, "recommendations", "replace_partition", {"run_date": run_date})
+    finally:
+        inputs.unpersist()
+        job.items.unpersist()
+    log.info("score %s: wrote %d recommendations", run_date, written)
+    return {"users": n_users, "lists": n_lists, "rows": written, "model_version": version}
+
+
+def user_inputs(spark, lake: Lake, settings: Settings, run_date: dt.date, events, active):
+    """One row per active user (USER_INPUTS): whether the user has profile text, recent events, any
+    interaction up to run_date; the top scenes, the pooled history (latest distinct items), the newest
+    events' active items (for the reasons), the window's distinct items (for the content vector), the
+    consumed active items and the profile's encoder vector. Spark aggregations over the Delta tables
+    (coldstart.features); ``active``: a DataFrame of the active item ids."""
+    from pyspark.sql import functions as F
+
+    users = lake.read_spark(spark, "users").filter(
+        (F.col("last_seen") >= F.lit(window_start(settings, run_date))) & (F.col("first_seen") <= F.lit(run_date))) \
+        .select("user_id", (F.coalesce(F.col("content_text"), F.lit("")) != "").alias("has_profile"))
+    consumed = consumed_spark(spark, lake, run_date, active).withColumn("has_history", F.lit(True))
+    joined = users
+    for part in (recent_counts_spark(events), top_scenes_spark(events, settings.scenes_per_user),
+                 latest_items_spark(events), latest_events_spark(events, active, REASON_HISTORY, "recent"),
+                 window_items_spark(events), consumed, profiles_spark(spark, lake, settings)):
+        joined = joined.join(part, "user_id", "left")
+    return joined.select(
+        "user_id", "has_profile", F.coalesce("n_recent", F.lit(0)).alias("n_recent"),
+        F.coalesce("has_history", F.lit(False)).alias("has_history"), *USER_INPUTS[4:])
+
+
+def segment_column(inputs):
+    """The user_segment of a user_inputs row: warm (more than 5 recent events), cold (a profile, recent
+    events or only older history), new (none of them)."""
+    from pyspark.sql import functions as F
+
+    known = F.col("has_profile") | (F.col("n_recent") > 0) | F.col("has_history")
+    return F.when(F.col("n_recent") > 5, "warm").when(known, "cold").otherwise("new")
+
+
+@dataclass
+class ItemState:
+    """What every partition needs of the items (broadcast once): the active items (sorted) with their
+    new flag, reason text, model vectors (plus the pop column) and biases, the fresh ones' positions,
+    the encoder vectors of every item (pooled into user content) and the scene popularity."""
+    item_ids: np.ndarray
+    is_new: np.ndarray
+    liked: np.ndarray
+    vectors: np.ndarray
+    bias: np.ndarray
+    fresh_positions: np.ndarray
+    content_ids: np.ndarray
+    content: np.ndarray
+    popular: pd.DataFrame
+
+
+@dataclass
+class ScoreJob:
+    """The mapInArrow function of the score stage: user_inputs batches in, recommendation rows out."""
+    settings: Settings
+    run_date: dt.date
+    k: int
+    version: str
+    checkpoint_uri: str
+    checksum: str
+    env: dict
+    items: Broadcast  # of ItemState
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)  # one per run: the workers' cache key
+
+    def partition(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from coldstart import storage as st
+
+        st.adopt(self.env)
+        worker = _worker(self)
+        for batch in batches:
+            if batch.num_rows:
+                yield from score_users(worker, self, batch.to_pandas())
+
+
+_WORKERS: dict = {}  # per Python worker process: the last job's model and item matrices
+
+
+@dataclass
+class Worker:
+    ckpt: Checkpoint
+    state: ItemState
+    item_index: dict
+    item_content: dict
+    content: object  # torch (items, content dim) of the active items, for the reasons
+    matrix: ItemMatrix
+    fresh_matrix: ItemMatrix | None
+
+
+def _worker(job: ScoreJob) -> Worker:
+    """The checkpoint and item matrices of ``job``, built once per Python worker process (reused by its
+    later tasks: spark.python.worker.reuse)."""
+    import torch
+
+    from coldstart.model import Checkpoint
+    from coldstart.spark import worker_threads
+
+    key = job.token
+    if key not in _WORKERS:
+        _WORKERS.clear()
+        torch.set_num_threads(worker_threads(job.settings))
+        state = job.items.value
+        item_content = dict(zip(state.content_ids, state.content))
+        dim = state.content.shape[1]
+        content = torch.from_numpy(np.stack([item_content.get(i, np.zeros(dim, np.float32)) for i in state.item_ids])
+                                   if len(state.item_ids) else np.zeros((0, dim), np.float32))
+        fresh = state.fresh_positions
+        fresh_matrix = ItemMatrix(state.vectors[fresh], state.bias[fresh]) \
+            if job.settings.new_list_size and len(fresh) else None
+        _WORKERS[key] = Worker(
+            ckpt=Checkpoint.load(job.checkpoint_uri, expected_checksum=job.checksum), state=state,
+            item_index={i: n for n, i in enumerate(state.item_ids)}, item_content=item_content, content=content,
+            matrix=ItemMatrix(state.vectors, state.bias, device=resolve_device(job.settings.device)),
+            fresh_matrix=fresh_matrix)
+    return _WORKERS[key]
+
+
+def _positions(lists, item_index: dict) -> list[np.ndarray]:
+    """Each list of item ids (None: empty) as positions in ``item_index``, unknown ids dropped, order kept."""
+    out = []
+    for values in lists:
+        codes = idmap.positions(values, item_index) if values is not None and len(values) else NOTHING
+        out.append(codes[codes >= 0])
+    return out
+
+
+def score_users(worker: Worker, job: ScoreJob, users: pd.DataFrame) -> Iterator[pa.RecordBatch]:
+    """Recommendation batches of a frame of user_inputs rows: the model's lists for the users with
+    history or a profile, the popular-and-fresh list for the others, each with its 'new for you' list."""
+    from coldstart.model import user_vectors
+
+    settings, state = job.settings, worker.state
+    n = users["n_recent"].to_numpy()
+    known = users["has_profile"].to_numpy() | (n > 0) | users["has_history"].to_numpy()
+    users = users.assign(segment=np.where(n > 5, "warm", np.where(known, "cold", "new")))
+    scenes = [list(s) if s is not None and len(s) else ["default"] for s in users["scenes"]]
+    pairs = users.loc[users.index.repeat([len(s) for s in scenes]), ["user_id", "segment", "has_profile"]]
+    pairs = pairs.assign(scene=[s for row in scenes for s in row]).reset_index(drop=True)
+    modelled = users[users["segment"] != "new"]
+    window = modelled["window_items"]
+    profiles = {u: np.asarray(p, np.float32) for u, p in zip(modelled["user_id"], modelled["profile"]) if p is not None}
+    u_content = pool_user_content(np.repeat(modelled["user_id"].to_numpy(), [0 if w is None else len(w) for w in window]),
+                                  np.concatenate([w for w in window if w is not None] or [np.empty(0, object)]),
+                                  worker.item_content, profiles)
+    latest = {u: h for u, h in zip(modelled["user_id"], modelled["latest"]) if h is not None and len(h)}
+    recent = dict(zip(users["user_id"], _positions(users["recent"], worker.item_index)))
+    consumed = dict(zip(users["user_id"], (np.sort(p) for p in _positions(users["consumed"], worker.item_index))))
     model_rows = pairs[pairs["segment"] != "new"].reset_index(drop=True)
     new_rows = pairs[pairs["segment"] == "new"].reset_index(drop=True)
-
+    boost = float(settings.cold_user_popularity_boost)
     new_size = int(settings.new_list_size)
-    fresh_positions = np.flatnonzero(fresh)
-    fresh_matrix = ItemMatrix(np.hstack([vectors, pop.astype(np.float32)[:, None]])[fresh_positions],
-                              bias[fresh_positions]) if new_size and len(fresh_positions) else None
+    common = (recent, worker.content, state.liked, state.item_ids, state.is_new, job.version, job.run_date)
 
-    def blocks() -> Iterator[pa.RecordBatch]:
-        step = settings.score_block_users
-        for start in range(0, len(model_rows), step):
-            block = model_rows.iloc[start:start + step]
-            block_users = block["user_id"].to_numpy()
-            user_vecs = user_vectors(ckpt, block_users, block["scene"].to_numpy(), u_content,
-                                     latest.take(_rows_of(latest_rows, block_users)))
-            user_boost = np.where(block["segment"].to_numpy() == "cold", boost, 0.0).astype(np.float32)
-            user_vecs = np.hstack([user_vecs, user_boost[:, None]])
-            block_consumed = [consumed_by_user.get(u, NOTHING) for u in block["user_id"]]
-            values, positions = top_k_scores(user_vecs, matrix, k, block_consumed)
-            yield _model_batch(block, values, positions, recent, content, liked, item_ids, is_new, version, run_date)
-            if fresh_matrix is not None:  # nobody used a fresh item, so there is nothing to exclude
-                values, positions = top_k_scores(user_vecs, fresh_matrix, new_size, [NOTHING] * len(block))
-                yield _model_batch(block, values, fresh_positions[np.minimum(positions, len(fresh_positions) - 1)], recent, content, liked, item_ids, is_new,
-                                   version, run_date, list_name="new")
-        if len(new_rows):
-            yield _popular_batch(new_rows, popular, item_index, item_ids, is_new, k, run_date)
-            if fresh_matrix is not None:
-                yield _prior_new_batch(new_rows, bias, fresh_positions, item_ids, new_size, version, run_date)
-
-    written = lake.replace_partition_stream("recommendations", blocks(), run_date=run_date)
-    log.info("score %s: wrote %d recommendations", run_date, written)
-    return {"users": len(users), "lists": len(pairs), "rows": written, "model_version": version}
+    step = settings.score_block_users
+    for start in range(0, len(model_rows), step):
+        block = model_rows.iloc[start:start + step]
+        block_users = block["user_id"].to_numpy()
+        hist_users = [u for u in dict.fromkeys(block_users) if u in latest]
+        history = pd.DataFrame({"user_id": np.repeat(np.array(hist_users, dtype=object), [len(latest[u]) for u in hist_users]),
+                                "item_id": np.concatenate([latest[u] for u in hist_users]) if hist_users else NOTHING.astype(object)})
+        user_vecs = user_vectors(worker.ckpt, block_users, block["scene"].to_numpy(), u_content, history)
+        user_boost = np.where(block["segment"].to_numpy() == "cold", boost, 0.0).astype(np.float32)
+        user_vecs = np.hstack([user_vecs, user_boost[:, None]])
+        values, positions = top_k_scores(user_vecs, worker.matrix, job.k, [consumed[u] for u in block_users])
+        yield _model_batch(block, values, positions, *common)
+        if worker.fresh_matrix is not None:  # nobody used a fresh item, so there is nothing to exclude
+            fresh = state.fresh_positions
+            values, positions = top_k_scores(user_vecs, worker.fresh_matrix, new_size, [NOTHING] * len(block))
+            yield _model_batch(block, values, fresh[np.minimum(positions, len(fresh) - 1)], *common, list_name="new")
+    if len(new_rows):
+        yield _popular_batch(new_rows, state.popular, worker.item_index, state.item_ids, state.is_new, job.k, job.run_date)
+        if worker.fresh_matrix is not None:
+            yield _prior_new_batch(new_rows, state.bias, state.fresh_positions, state.item_ids, new_size, job.version,
+                                   job.run_date)
 
 
-def serving_state(lake: Lake, items: pd.DataFrame, run_date: dt.date) -> tuple[np.ndarray, np.ndarray]:
+def serving_state(lake: Lake, items: pd.DataFrame, run_date: dt.date, spark=None) -> tuple[np.ndarray, np.ndarray]:
     """(fresh, pop) of ``items`` (columns item_id, first_interaction) on the day the lists of run_date
-    serve (D+1): fresh = no interaction up to D; pop = features.recent_popularity of the counts up to D."""
+    serve (D+1): fresh = no interaction up to D; pop = features.recent_popularity of the counts up to D
+    (counted by Spark with a session, else read by the caller's process: the same integers)."""
     fresh = (items["first_interaction"].isna() | (items["first_interaction"] > run_date)).to_numpy()
     serve_day = int(day_numbers([run_date + dt.timedelta(days=1)])[0])
-    counts = daily_item_counts(lake, run_date - dt.timedelta(days=POPULARITY_DAYS - 1), run_date)
+    first = run_date - dt.timedelta(days=POPULARITY_DAYS - 1)
+    counts = daily_item_counts_spark(spark, lake, first, run_date) if spark is not None \
+        else daily_item_counts(lake, first, run_date)
     return fresh, recent_popularity(counts, items["item_id"].to_numpy(), [serve_day])[0]
-
-
-def _rows_of(positions: dict, users) -> np.ndarray:
-    parts = [positions[u] for u in dict.fromkeys(users) if u in positions]
-    return np.concatenate(parts) if parts else NOTHING
-
-
-def recent_positions(events: pd.DataFrame, item_index: dict, per_user: int = REASON_HISTORY) -> dict[str, np.ndarray]:
-    """user_id -> positions (in ``item_index``) of the user's latest ``per_user`` events' active items, newest first."""
-    codes = idmap.positions(idmap.id_column(events["item_id"]), item_index)
-    order = newest_first(events)
-    order = order[codes[order] >= 0]
-    latest = events[["user_id"]].take(order).assign(_position=codes[order]) \
-        .groupby("user_id", sort=False, observed=True).head(per_user)
-    positions = latest["_position"].to_numpy(np.int64)
-    return {user: positions[rows] for user, rows in latest.groupby("user_id", sort=False, observed=True).indices.items()}
 
 
 REASON_ROWS = 256  # rows per batched similarity product of the reasons (memory: rows x (k + history) x dim)

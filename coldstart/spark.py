@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,3 +71,13 @@ def get_session(settings: Settings | None = None, app_name: str = "coldstart"):
     spark.sparkContext.setLogLevel("ERROR")
     log.info("spark session %s on %s", spark.version, settings.spark_master)
     return spark
+
+
+def worker_threads(settings: Settings, tasks: int | None = None) -> int:
+    """torch threads for one Python worker: with local[k], min(k, tasks) workers share the machine's cores."""
+    if settings.encoder_threads:
+        return settings.encoder_threads
+    cores = os.cpu_count() or 1
+    match = re.fullmatch(r"local\[(\d+|\*)(?:,\d+)?\]", settings.spark_master)
+    slots = (cores if match.group(1) == "*" else int(match.group(1))) if match else 1
+    return max(1, cores // max(1, min(slots, tasks or slots)))
