@@ -103,10 +103,10 @@ def main() -> None:
         t0 = time.perf_counter()
         audit = ingest(spark, settings, day)
         seconds = time.perf_counter() - t0
-        a = audit["interactions"]
-        results.append({"day": day, "seconds": seconds, "rows": a["rows_read"], "accepted": a["rows_accepted"],
-                        "quarantined": a["rows_quarantined"], "duplicate": a["rows_duplicate"],
-                        "items": audit["items"]["rows_read"], "users": audit["users"]["rows_read"],
+        a = audit.sources["interactions"]
+        results.append({"day": day, "seconds": seconds, "rows": a.rows_read, "accepted": a.rows_accepted,
+                        "quarantined": a.rows_quarantined, "duplicate": a.rows_duplicate,
+                        "items": audit.sources["items"].rows_read, "users": audit.sources["users"].rows_read,
                         "load": load_before, **{f"peak_{k}": v / 2**20 for k, v in sampler.peak.items()}})
         r = results[-1]
         print(f"{day}: {seconds:.1f}s  {r['rows'] / seconds:,.0f} rows/s  accepted={r['accepted']} "

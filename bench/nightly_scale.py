@@ -207,7 +207,7 @@ def run_job(stage: str, day: dt.date, config: Path, args) -> dict:
             except (ValueError, SyntaxError, IndexError):
                 result = {}
     return {"seconds": seconds, "wall_s": wall, "peak_gib": sampler.take(), "log": log,
-            "result": json.loads(json.dumps(result, default=str))}
+            "result": json.loads(json.dumps(result.as_dict(), default=str))}
 
 
 def run_night(spark, settings, day, sampler: MemorySampler, stage_log: StageLog, keep_log: bool,
@@ -228,7 +228,7 @@ def run_night(spark, settings, day, sampler: MemorySampler, stage_log: StageLog,
             result = run_stage(stage, settings, day, spark=spark)
             seconds = time.perf_counter() - t0
             entry = {"seconds": seconds, "wall_s": seconds, "peak_gib": sampler.take(), "load_end": load(),
-                     "result": json.loads(json.dumps(result, default=str))}
+                     "result": json.loads(json.dumps(result.as_dict(), default=str))}
             if keep_log:
                 entry["log"] = stage_log.since(started_wall)
         night["stages"][stage] = entry

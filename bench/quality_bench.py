@@ -47,14 +47,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from coldstart.config import Settings  # noqa: E402
+from coldstart.evaluate import POOLED_SLICES, TARGET_SLICES  # noqa: E402
 
 log = logging.getLogger("bench.quality")
 
 START = dt.date(2024, 1, 1)
 K = 20
 WORLDS = ("replay", "media", "shop")
-SLICES = ("all", "cold_users", "warm_users", "cold_items")
-TARGETS = ("all", "cold_users", "cold_items")
+SLICES = POOLED_SLICES
+TARGETS = TARGET_SLICES
 
 
 def world_settings(work: Path) -> Settings:

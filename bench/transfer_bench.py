@@ -44,13 +44,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from coldstart.config import Settings  # noqa: E402
+from coldstart.evaluate import SLICES  # noqa: E402
 from coldstart.report import paired_bootstrap  # noqa: E402
 
 log = logging.getLogger("bench.transfer")
 
 START = dt.date(2024, 1, 1)
 K = 20
-SLICES = ("all", "cold_users", "warm_users", "cold_items", "cold_only")
 CHAINS = ("warm", "full")
 PREPARED_MARKER = "_PREPARED.json"
 
@@ -135,7 +135,7 @@ def run(args) -> dict:
             t0 = time.perf_counter()
             row = train(spark, settings[chain], day, full_retrain=(chain == "full"))
             train_s[chain].append(time.perf_counter() - t0)
-            modes[chain].append(row["mode"])
+            modes[chain].append(row.mode)
             if day != days[-1]:
                 score(spark, settings[chain], day)
         if day == days[-1]:

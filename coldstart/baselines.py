@@ -48,8 +48,8 @@ from coldstart.ranking import TOPK_GROUP, ItemMatrix, popular_in_scene, select_t
 
 log = logging.getLogger("coldstart.baselines")
 
-EASE_MAX_ITEMS = 10_000
-ALS_ITERATIONS = 10
+EASE_MAX_ITEMS = 10_000  # dense Gram matrix: 10k items are 400 MB in float32 (module doc)
+ALS_ITERATIONS = 10  # Spark ALS's own default (maxIter); alpha, reg and rank are the tuned ones
 HYBRID_RANK_OFFSET = 10  # reciprocal-rank fusion: 1 / (offset + rank); larger flattens the head
 TIE_BREAK = 1e-6  # the random key's weight in every baseline's score (scores are scaled to at most 1 first)
 USER_BLOCK = 512  # target users per dense score block (memory: block x active items floats)
@@ -62,7 +62,6 @@ DEFAULT_PARAMS: dict[str, dict] = {
     "als": {"rank": 16, "reg": 0.1, "alpha": 10.0},
     "hybrid": {"l2": 250.0, "history": 20, "cold_weight": 0.5},
 }
-METHODS = tuple(DEFAULT_PARAMS)
 
 # searched on the tuning day; ALS by coordinates (alpha, then reg, then rank): each fit is a Spark job
 GRIDS: dict[str, dict[str, tuple]] = {

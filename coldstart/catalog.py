@@ -10,6 +10,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+# A user with at most this many events is a cold user: user_segment 'cold' (recent events, at scoring) and
+# the evaluation slice 'cold_users' (events before the night): the field's usual "a handful of events".
+COLD_USER_MAX_EVENTS = 5
+
 UTC_TS = pa.timestamp("us", tz="UTC")
 STR_MAP = pa.map_(pa.string(), pa.string())
 VERSION_MAP = pa.map_(pa.string(), pa.int64())

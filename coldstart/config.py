@@ -199,10 +199,6 @@ class Settings:
             return self.reports
         return f"{self.lake.rstrip('/')}/_reports"
 
-    # Locations as paths (local lake) -----------------------------------------------------
-    def table_uri(self, table: str) -> str:
-        return f"{self.lake.rstrip('/')}/{table}"
-
 
 # The closed range of every numeric setting. Bounds are generous but finite: a value past them would
 # overflow a date (lateness_days=1000000), a seed or a tensor size long after the night started.

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from coldstart.config import Settings
+from coldstart.results import EmbedResult
 from coldstart.spark import worker_threads
 
 log = logging.getLogger("coldstart.embed")
@@ -74,7 +75,7 @@ def pending(spark, settings: Settings):
     return items.unionByName(users).join(done, ["entity_type", "entity_id", "content_hash"], "left_anti")
 
 
-def embed(spark, settings: Settings, run_date: dt.date) -> dict:
+def embed(spark, settings: Settings, run_date: dt.date) -> EmbedResult:
     from pyspark.storagelevel import StorageLevel
 
     from coldstart.lake import Lake
@@ -90,4 +91,4 @@ def embed(spark, settings: Settings, run_date: dt.date) -> dict:
         encoded = todo.repartition(parts).mapInPandas(encode_partitions(settings, run_date, parts), OUTPUT_DDL)
         lake.merge_spark(encoded, "entity_embeddings", newer_wins="t.run_date <= s.run_date")
     todo.unpersist()
-    return {"items": counts.get("item", 0), "users": counts.get("user", 0)}
+    return EmbedResult(items=counts.get("item", 0), users=counts.get("user", 0))

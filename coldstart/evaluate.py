@@ -20,7 +20,8 @@ on the events up to D-1 and ranked under the same exclusions, ties broken by a s
 (see :mod:`coldstart.baselines`).
 
 Writes ``evaluation`` (means per method, slice, metric, K) and ``evaluation_users`` (the per-user
-values, for paired bootstrap intervals), both replacing partition run_date=D, then the HTML report.
+values, for paired bootstrap intervals), both replacing partition run_date=D. The HTML report is not
+written here: it is its own step (``coldstart report``, the DAG's report task, the end of ``coldstart run``).
 """
 
 from __future__ import annotations
@@ -33,15 +34,20 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from coldstart.catalog import EVALUATION, EVALUATION_USERS
+from coldstart.catalog import COLD_USER_MAX_EVENTS, EVALUATION, EVALUATION_USERS
 from coldstart.config import Settings
 from coldstart.features import interactions
 from coldstart.lake import Lake
+from coldstart.results import EvaluateResult
 
 log = logging.getLogger("coldstart.evaluate")
 
 KS = (10, 20)
-COLD_USER_MAX_EVENTS = 5
+SLICES = ("all", "cold_users", "warm_users", "cold_items", "cold_only")  # what per_user_metrics writes
+# The slices of the main list that `coldstart quality` pools (cold_only ranks another, restricted list).
+POOLED_SLICES = SLICES[:4]
+# The slices a cold-start claim is judged on (the report's and the quality bench's targets).
+TARGET_SLICES = ("all", "cold_users", "cold_items")
 MICRO_SLICES = ("cold_items",)  # pooled as sum of hits / sum of positives
 
 
@@ -206,7 +212,7 @@ def quality_table(lake: Lake, k: int = 20, skip_first: bool = False, resamples: 
         return pd.DataFrame()
     table = pooled(users)
     rows = []
-    for slice_ in ("all", "cold_users", "warm_users", "cold_items"):
+    for slice_ in POOLED_SLICES:
         part = table[(table["slice"] == slice_) & (table["metric"] == "recall")].sort_values("value", ascending=False)
         nights = users[users["slice"] == slice_].groupby("method")["run_date"].nunique()
         for r in part.itertuples():
@@ -274,7 +280,7 @@ def tune_baselines(spark, lake: Lake, settings: Settings, run_date: dt.date, k: 
     return out
 
 
-def evaluate(spark, settings: Settings, run_date: dt.date, baselines: bool | None = None) -> dict:
+def evaluate(spark, settings: Settings, run_date: dt.date, baselines: bool | None = None) -> EvaluateResult:
     lake = Lake.from_settings(settings)
     list_date = run_date - dt.timedelta(days=1)
     lists, version = model_lists(lake, list_date)
@@ -296,16 +302,13 @@ def evaluate(spark, settings: Settings, run_date: dt.date, baselines: bool | Non
         rows.extend(summarise(per_user, run_date, method, version))
     lake.replace_partition("evaluation", pa.Table.from_pylist(rows, schema=EVALUATION.schema), run_date=run_date)
     lake.replace_partition("evaluation_users", _user_rows(results, run_date), run_date=run_date)
-    from coldstart.report import write_report
-
-    write_report(settings)
     if not results or t is None:
-        return {"methods": [], "users": 0}
+        return EvaluateResult(methods=[], users=0, recall_at_20={})
     headline = {m: next((r["value"] for r in rows if r["method"] == m and r["slice"] == "all" and r["metric"] == "recall"
                          and r["k"] == 20), None) for m in results}
     log.info("evaluate %s: %d target users; recall@20 %s", run_date, len(t.users),
              ", ".join(f"{m}={v:.4f}" for m, v in headline.items() if v is not None))
-    return {"methods": list(results), "users": len(t.users), "recall@20": headline}
+    return EvaluateResult(methods=list(results), users=len(t.users), recall_at_20=headline)
 
 
 def _user_rows(results: dict[str, pd.DataFrame], run_date: dt.date) -> pa.Table:

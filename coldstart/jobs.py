@@ -56,7 +56,7 @@ def _run(stage: str, args: argparse.Namespace) -> int:
     spark = get_session(settings, app_name=f"coldstart-{stage}-{args.run_date}") if needs_spark(stage) else None
     try:
         result = run_stage(stage, settings, args.run_date, spark=spark, full_retrain=args.full_retrain, top_k=args.top_k)
-        logging.getLogger("coldstart.jobs").info("%s %s: %s", stage, args.run_date, result)
+        logging.getLogger("coldstart.jobs").info("%s %s: %s", stage, args.run_date, result.as_dict())
     finally:
         from pyspark.sql import SparkSession
 

@@ -174,11 +174,12 @@ class Lake:
         paths = [filesystem.normalize_path(pafs.FileSystem.from_uri(u)[1]) for u in uris]
         return sum(1 for info in filesystem.get_file_info(paths) if info.type == pafs.FileType.NotFound)
 
-    def begin_night(self, run_date: dt.date, stage: str, settings: Settings | None = None) -> Night:
-        """The night context of one stage of one night (coldstart.night.start)."""
+    def begin_night(self, run_date: dt.date, stage: str, retention_days: int = 0) -> Night:
+        """The night context of one stage of one night (coldstart.night.start; ``retention_days``: the
+        setting, which decides whether a re-run's versions may have been vacuumed)."""
         from coldstart.night import start
 
-        return start(self, run_date, stage, getattr(settings, "retention_days", 0))
+        return start(self, run_date, stage, retention_days)
 
     def merge_bookkeeping(self, name: str, data: pa.Table, attempts: int = 8) -> None:
         """Merge a stage_runs/night_manifest row by key, retried on conflict: unrelated stages that finish
@@ -414,25 +415,6 @@ class Lake:
                  metrics.get("num_target_rows_inserted"), metrics.get("num_target_rows_updated"))
         return metrics
 
-    def append_once(self, name: str, data: pa.Table, txn_id: str) -> bool:
-        """Append guarded by a Delta app transaction: the same txn_id never appends twice."""
-        data = self.conform(name, data)
-        dt_ = self._base_table(name)
-        app_id = f"coldstart:{name}:{txn_id}"
-        if dt_.transaction_version(app_id) is not None:
-            log.info("%s: append %s already committed, skipped", name, txn_id)
-            return False
-        night = self._night()
-        txns = [Transaction(app_id, 1)]
-        props = self._commit_properties(name, None, txns) if night else CommitProperties(app_transactions=txns)
-        try:
-            write_deltalake(dt_, data, mode="append", partition_by=list(catalog_table(name).partition_by) or None,
-                            storage_options=self.storage_options, commit_properties=props)
-        except CommitFailedError as exc:
-            raise self._conflict(name, exc) from None
-        self._committed(name, dt_.version(), data.num_rows)
-        return True
-
     # --- reads --------------------------------------------------------------------------------
     def read_arrow(self, name: str, columns: list[str] | None = None, filters=None) -> pa.Table:
         """Rows of a table; in a night (coldstart.night), as of that night."""
@@ -523,7 +505,7 @@ class Lake:
         return df.select(*spec.columns)
 
     # --- large (executor-side) writes ---------------------------------------------------------
-    def write_spark(self, df, name: str, mode: str = "append", partition: Mapping | None = None, txn_id: str | None = None) -> int:
+    def write_spark(self, df, name: str, mode: str = "append", partition: Mapping | None = None) -> int:
         """Executors write Parquet into the table folder; the driver commits one Delta transaction.
 
         mode: ``append`` or ``replace_partition`` (with ``partition={'run_date': D}``) or ``overwrite``.
@@ -538,9 +520,6 @@ class Lake:
             raise ValueError(f"unknown write mode {mode!r}")
         if mode == "replace_partition":
             self._check_partition_spec(spec, partition or {})
-        if txn_id and dt_.transaction_version(f"coldstart:{name}:{txn_id}") is not None:
-            log.info("%s: append %s already committed, skipped", name, txn_id)
-            return 0
         fixed = {c: _partition_text(v) for c, v in partition.items()} if mode == "replace_partition" else None
         if _is_local(self.root):
             actions, rows = self._spark_files_local(df, spec, self.uri(name), fixed)
@@ -548,7 +527,6 @@ class Lake:
             actions, rows = _spark_files_remote(df, spec, self.uri(name), fixed)
         # An add-action commit records no read predicate, so delta-rs would not see a concurrent write of
         # the same partition: the claim id (coldstart.night) makes two such commits conflict.
-        txns = [Transaction(f"coldstart:{name}:{txn_id}", 1)] if txn_id else []
         # The file counts go into commitInfo, which delta-rs leaves without metrics for these transactions:
         # check_log compares them with the commit's actions (a commit cut at a line boundary still parses).
         removed = 0
@@ -556,7 +534,7 @@ class Lake:
             wanted = fixed or {}
             removed = sum(all(str(a.get(f"partition.{c}")) == v for c, v in wanted.items())
                           for a in pa.table(dt_.get_add_actions(flatten=True)).to_pylist())
-        commit = self._commit_properties(name, fixed, txns, {_ADDED_KEY: str(len(actions)), _REMOVED_KEY: str(removed)})
+        commit = self._commit_properties(name, fixed, [], {_ADDED_KEY: str(len(actions)), _REMOVED_KEY: str(removed)})
         if mode == "append" and not actions:
             return 0
         try:
@@ -921,7 +899,11 @@ _COMPARE = {"=": operator.eq, "==": operator.eq, "!=": operator.ne, "<": operato
 
 
 def _filter_expression(filters):
-    """An Arrow expression for ``filters``: None, an expression, or a conjunction of (column, op, value)."""
+    """An Arrow expression for ``filters``: None, an expression, or a conjunction of (column, op, value).
+
+    Not ``pyarrow.parquet.filters_to_expression``: on a string_view column (what delta-rs merges write) its
+    terms fail with "Function 'equal' has no kernel matching input types (string_view, string)" (pyarrow
+    26.0.1); here string columns are cast to string first."""
     if filters is None:
         return None
     if isinstance(filters, pads.Expression):

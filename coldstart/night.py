@@ -27,6 +27,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from coldstart.config import Settings
+
 log = logging.getLogger("coldstart.night")
 
 STAGE_ORDER = ("ingest", "embed", "train", "score", "evaluate")
@@ -201,7 +203,7 @@ def needed_versions(lake, retention_days: int, now: dt.datetime | None = None) -
     return oldest
 
 
-def vacuum_lake(settings, retention_days: int, retention_hours: int | None = None) -> list[str]:
+def vacuum_lake(settings: Settings, retention_days: int, retention_hours: int | None = None) -> list[str]:
     """Vacuum every table, keeping each file that a version needed by the night manifest of the last
     ``retention_days`` days (or removed in the last ``retention_hours``, default days x 24) still uses, and
     remove superseded checkpoints no such night needs. Returns one line per table and checkpoint."""

@@ -10,6 +10,7 @@ import time
 from typing import Iterable
 
 from coldstart.config import Settings
+from coldstart.results import StageResult
 
 log = logging.getLogger("coldstart.pipeline")
 
@@ -99,7 +100,7 @@ def check_start(settings: Settings, stages: Iterable[str], dates: Iterable[dt.da
 
 
 def run_stage(stage: str, settings: Settings, run_date: dt.date, spark=None, full_retrain: bool = False,
-              top_k: int | None = None) -> dict:
+              top_k: int | None = None) -> StageResult:
     """Run one stage for one run date (idempotent for that date), as of that night.
 
     The stage runs inside a night context (:mod:`coldstart.night`): it reads the lake as night D saw it
@@ -117,7 +118,7 @@ def run_stage(stage: str, settings: Settings, run_date: dt.date, spark=None, ful
     check_storage(settings)
     lake = Lake.from_settings(settings)
     lake.check_tables(STAGE_TABLES[stage])  # a damaged log fails the stage before it reads or writes
-    night = lake.begin_night(run_date, stage, settings)  # refuses a re-run whose versions were vacuumed
+    night = lake.begin_night(run_date, stage, settings.retention_days)  # refuses a re-run whose versions were vacuumed
     if spark is None and needs_spark(stage):
         from coldstart.spark import get_session
         spark = get_session(settings, app_name=f"coldstart-{stage}")
@@ -138,7 +139,8 @@ def run_stage(stage: str, settings: Settings, run_date: dt.date, spark=None, ful
     return result
 
 
-def _dispatch(stage: str, settings: Settings, run_date: dt.date, spark, full_retrain: bool, top_k: int | None) -> dict:
+def _dispatch(stage: str, settings: Settings, run_date: dt.date, spark, full_retrain: bool,
+              top_k: int | None) -> StageResult:
     if stage == "ingest":
         from coldstart.ingest import ingest
         return ingest(spark, settings, run_date)
@@ -241,12 +243,15 @@ def date_range(first: dt.date, last: dt.date) -> list[dt.date]:
 
 
 def run_days(settings: Settings, dates: Iterable[dt.date], stages: Iterable[str] = STAGES, skip: Iterable[str] = (),
-             full_retrain: bool = False, top_k: int | None = None, spark=None, cascade: bool = False) -> dict:
+             full_retrain: bool = False, top_k: int | None = None, spark=None,
+             cascade: bool = False) -> dict[tuple[dt.date, str], StageResult]:
     """Run the stages in order for each date, in-process with one Spark session.
 
     A re-run of an old night leaves the nights after it as they were built (they keep their inputs and
     lineage); ``cascade=True`` re-runs every later night the manifest knows too, oldest first, so they
-    are rebuilt on top of the re-run. :func:`check_start` checks every stage and night first."""
+    are rebuilt on top of the re-run. :func:`check_start` checks every stage and night first. When evaluate
+    ran, the HTML report is rewritten at the end (the DAG's report task does the same after a night).
+    Returns each (date, stage)'s result."""
     from coldstart.spark import get_session
 
     dates = list(dates)
@@ -256,8 +261,11 @@ def run_days(settings: Settings, dates: Iterable[dt.date], stages: Iterable[str]
     check_start(settings, stages, dates, top_k)
     if spark is None and any(needs_spark(s) for s in stages):  # train (or evaluate) alone needs no JVM
         spark = get_session(settings)
-    results = {}
+    results: dict[tuple[dt.date, str], StageResult] = {}
     for day in dates:
         for stage in stages:
             results[(day, stage)] = run_stage(stage, settings, day, spark=spark, full_retrain=full_retrain, top_k=top_k)
+    if "evaluate" in stages:  # as the DAG's report task does after its night
+        from coldstart.report import write_report
+        log.info("report: %s", write_report(settings))
     return results

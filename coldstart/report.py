@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 
 from coldstart import storage
 from coldstart.config import Settings
+from coldstart.evaluate import TARGET_SLICES
 from coldstart.lake import Lake
 
 log = logging.getLogger("coldstart.report")
@@ -32,7 +33,6 @@ HEADLINE_K = 20
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_BATCH_VALUES = 10_000_000
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
-SLICES = ("all", "cold_users", "warm_users", "cold_items", "cold_only")
 
 
 # The tables the report reads (checked before it renders anything).
@@ -172,7 +172,7 @@ def render(lake: Lake) -> str:
 
     recall = head_k[head_k["metric"] == "recall"]
     charts = [line_chart(f"Recall@{HEADLINE_K}, {s}: model vs baselines", _series(recall[recall["slice"] == s], "method"))
-              for s in ("all", "cold_users", "cold_items")]
+              for s in TARGET_SLICES]
     sections.append(("The model against the baselines", "".join(charts),
                      "Baselines are fitted on the events up to D-1 and ranked under the same exclusions as the model."))
 

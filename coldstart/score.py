@@ -38,7 +38,7 @@ import pandas as pd
 import pyarrow as pa
 
 from coldstart import idmap, storage
-from coldstart.catalog import RECOMMENDATIONS
+from coldstart.catalog import COLD_USER_MAX_EVENTS, RECOMMENDATIONS
 from coldstart.config import Settings
 from coldstart.devices import resolve_device
 from coldstart.features import (POPULARITY_DAYS, consumed_spark, content_vectors, daily_item_counts,
@@ -49,6 +49,7 @@ from coldstart.features import (POPULARITY_DAYS, consumed_spark, content_vectors
 from coldstart.lake import Lake, spark_schema_for
 from coldstart.ranking import ItemMatrix, popular_in_scene, top_k_scores
 from coldstart.registry import registry_row
+from coldstart.results import ScoreResult
 
 if TYPE_CHECKING:
     from pyspark import Broadcast
@@ -73,7 +74,7 @@ USER_INPUTS = ("user_id", "has_profile", "n_recent", "has_history", "scenes", "l
                "consumed", "profile")
 
 
-def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None) -> dict:
+def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None) -> ScoreResult:
     """Write run_date's recommendations (one partition, one commit) for every active user.
 
     The driver loads the registered checkpoint, computes the item matrix of the active items and the
@@ -137,7 +138,7 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
         inputs.unpersist()
         job.items.unpersist()
     log.info("score %s: wrote %d recommendations", run_date, written)
-    return {"users": n_users, "lists": n_lists, "rows": written, "model_version": version}
+    return ScoreResult(users=n_users, lists=n_lists, rows=written, model_version=version)
 
 
 def user_inputs(spark, lake: Lake, settings: Settings, run_date: dt.date, events, active):
@@ -168,7 +169,7 @@ def segment_column(inputs):
     from pyspark.sql import functions as F
 
     known = F.col("has_profile") | (F.col("n_recent") > 0) | F.col("has_history")
-    return F.when(F.col("n_recent") > 5, "warm").when(known, "cold").otherwise("new")
+    return F.when(F.col("n_recent") > COLD_USER_MAX_EVENTS, "warm").when(known, "cold").otherwise("new")
 
 
 @dataclass
@@ -269,7 +270,7 @@ def score_users(worker: Worker, job: ScoreJob, users: pd.DataFrame) -> Iterator[
     settings, state = job.settings, worker.state
     n = users["n_recent"].to_numpy()
     known = users["has_profile"].to_numpy() | (n > 0) | users["has_history"].to_numpy()
-    users = users.assign(segment=np.where(n > 5, "warm", np.where(known, "cold", "new")))
+    users = users.assign(segment=np.where(n > COLD_USER_MAX_EVENTS, "warm", np.where(known, "cold", "new")))
     scenes = [list(s) if s is not None and len(s) else ["default"] for s in users["scenes"]]
     pairs = users.loc[users.index.repeat([len(s) for s in scenes]), ["user_id", "segment", "has_profile"]]
     pairs = pairs.assign(scene=[s for row in scenes for s in row]).reset_index(drop=True)

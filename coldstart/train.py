@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -31,6 +32,7 @@ from coldstart.features import (POPULARITY_DAYS, coded_frame, concat_coded, cont
                                 day_numbers, interactions, latest_items, user_content, window_start)
 from coldstart.lake import Lake
 from coldstart.registry import publish_checkpoint, register, registry_row
+from coldstart.results import TrainResult
 
 log = logging.getLogger("coldstart.train")
 
@@ -155,46 +157,14 @@ def _incompatible(prior, settings: Settings, items: dict) -> str | None:
     return None
 
 
-def train(spark, settings: Settings, run_date: dt.date, full_retrain: bool = False) -> dict:
-    from coldstart import model as M
-
+def train(spark, settings: Settings, run_date: dt.date, full_retrain: bool = False) -> TrainResult:
+    """Train the model of ``run_date`` (warm from D-1's registered checkpoint, else cold; full when asked),
+    publish its checkpoint and register it as D's ready model. Raises NoTrainingDataError without events."""
     lake = Lake.from_settings(settings)
-    columns = ["user_id", "item_id", "scene", "value", "event_type", "run_date"]
-    prior, parent, why = (None, None, "full retrain requested") if full_retrain else load_prior(lake, run_date)
     items = content_vectors(lake, settings, "item")
-    if prior is not None:
-        why = _incompatible(prior, settings, items)
-        prior = None if why else prior
-    if prior is not None:
-        mode = "warm"
-        today = interactions(lake, run_date, run_date, columns)
-        replay = _replay_sample(lake, settings, run_date, columns)
-        events = concat_coded([replay, today])
-        validation = _holdout_of_today(len(replay), len(today), settings.seed, run_date)
-    else:
-        mode = "full" if full_retrain else "cold"
-        if not full_retrain:
-            log.warning("train %s: training cold: %s", run_date, why)
-        events = interactions(lake, dt.date.min, run_date, columns)
-        validation = None
-    if events.empty:
-        raise NoTrainingDataError(f"train {run_date}: no interactions to train on (run ingest for {run_date} first)")
-    events = events.sort_values(["user_id", "item_id", "scene"], kind="stable").reset_index(drop=True) \
-        if validation is None else events
-    profiles = content_vectors(lake, settings, "user")
-    recent = interactions(lake, window_start(settings, run_date), run_date, ["user_id", "item_id", "event_ts"])
-    # The same pooling as scoring (recent window), plus the replayed users' sampled history.
-    pairs = concat_coded([recent[["user_id", "item_id"]], events[["user_id", "item_id"]]]).drop_duplicates()
-    latest = latest_items(recent)
-    users = user_content(pairs, items, profiles)
-    catalogue = lake.read_pandas("items", columns=["item_id", "first_seen", "first_interaction"])
-    data = M.TrainingData(
-        user_ids=events["user_id"].to_numpy(), item_ids=events["item_id"].to_numpy(),
-        scenes=events["scene"].to_numpy(),
-        values=np.where(events["event_type"] == "rate", events["value"].astype("float64"), np.nan),
-        item_content=items, user_content=users, validation_mask=validation,
-        history_user_ids=latest["user_id"], history_item_ids=latest["item_id"],
-        **item_state_inputs(lake, events["run_date"], catalogue))
+    prior, parent, mode = _starting_point(lake, settings, run_date, items, full_retrain)
+    events, validation = _training_events(lake, settings, run_date, warm=prior is not None)
+    data = _training_data(lake, settings, run_date, events, validation, items)
     log.info("train %s: mode=%s on %d events (%d users, %d items)%s", run_date, mode, len(events),
              events["user_id"].nunique(), events["item_id"].nunique(), f"; parent {prior.checksum[:8]}" if prior else "")
     if settings.train_processes > 1:
@@ -202,15 +172,79 @@ def train(spark, settings: Settings, run_date: dt.date, full_retrain: bool = Fal
 
         ckpt = train_distributed(spark, data, settings, prior=prior)
     else:
-        ckpt = M.train(data, settings, prior=prior)
+        from coldstart.model import train as train_model
+
+        ckpt = train_model(data, settings, prior=prior)
+    return _publish(lake, settings, run_date, ckpt, mode, parent, len(events))
+
+
+def _starting_point(lake: Lake, settings: Settings, run_date: dt.date, items: dict,
+                    full_retrain: bool) -> tuple[Any, dict | None, str]:
+    """(prior checkpoint or None, its registry row or None, mode): warm from D-1's model when it is usable
+    and compatible, else full (asked for) or cold (logged, with why)."""
+    prior, parent, why = (None, None, "full retrain requested") if full_retrain else load_prior(lake, run_date)
+    if prior is not None:
+        why = _incompatible(prior, settings, items)
+        prior = None if why else prior
+    if prior is not None:
+        return prior, parent, "warm"
+    if not full_retrain:
+        log.warning("train %s: training cold: %s", run_date, why)
+    return None, None, "full" if full_retrain else "cold"
+
+
+_EVENT_COLUMNS = ["user_id", "item_id", "scene", "value", "event_type", "run_date"]
+
+
+def _training_events(lake: Lake, settings: Settings, run_date: dt.date,
+                     warm: bool) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """(events, validation mask): warm, the replay sample then day D with a few of D's events held out;
+    otherwise all history up to D in a stable order (the model's default split)."""
+    if warm:
+        today = interactions(lake, run_date, run_date, _EVENT_COLUMNS)
+        replay = _replay_sample(lake, settings, run_date, _EVENT_COLUMNS)
+        events = concat_coded([replay, today])
+        validation = _holdout_of_today(len(replay), len(today), settings.seed, run_date)
+    else:
+        events = interactions(lake, dt.date.min, run_date, _EVENT_COLUMNS)
+        validation = None
+    if events.empty:
+        raise NoTrainingDataError(f"train {run_date}: no interactions to train on (run ingest for {run_date} first)")
+    if validation is None:
+        events = events.sort_values(["user_id", "item_id", "scene"], kind="stable").reset_index(drop=True)
+    return events, validation
+
+
+def _training_data(lake: Lake, settings: Settings, run_date: dt.date, events: pd.DataFrame,
+                   validation: np.ndarray | None, items: dict):
+    """The model's TrainingData: the events, item content, users' content pooled as scoring pools it (the
+    recent window, plus the replayed users' sampled history), their recent items and the item state."""
+    from coldstart import model as M
+
+    profiles = content_vectors(lake, settings, "user")
+    recent = interactions(lake, window_start(settings, run_date), run_date, ["user_id", "item_id", "event_ts"])
+    pairs = concat_coded([recent[["user_id", "item_id"]], events[["user_id", "item_id"]]]).drop_duplicates()
+    latest = latest_items(recent)
+    catalogue = lake.read_pandas("items", columns=["item_id", "first_seen", "first_interaction"])
+    return M.TrainingData(
+        user_ids=events["user_id"].to_numpy(), item_ids=events["item_id"].to_numpy(),
+        scenes=events["scene"].to_numpy(),
+        values=np.where(events["event_type"] == "rate", events["value"].astype("float64"), np.nan),
+        item_content=items, user_content=user_content(pairs, items, profiles), validation_mask=validation,
+        history_user_ids=latest["user_id"], history_item_ids=latest["item_id"],
+        **item_state_inputs(lake, events["run_date"], catalogue))
+
+
+def _publish(lake: Lake, settings: Settings, run_date: dt.date, ckpt, mode: str, parent: dict | None,
+             n_events: int) -> TrainResult:
+    """Publish the checkpoint under ``<models>/<run_date>`` and register it (with its parent) as D's model."""
     path, checksum = publish_checkpoint(ckpt, checkpoint_dir(settings, run_date))
-    parent = parent if prior is not None else None
     version = f"{run_date.isoformat()}-{checksum[:8]}"
-    row = {"model_version": version, "run_date": run_date,
-           "parent_version": parent["model_version"] if parent else None, "mode": mode,
-           "checkpoint_uri": str(path), "checksum": checksum,
-           "metrics": json.dumps({**ckpt.metrics, "events": len(events)}, sort_keys=True, default=str),
-           "status": "ready", "created_at": dt.datetime.now(dt.timezone.utc)}
-    register(lake, row)
+    result = TrainResult(model_version=version, run_date=run_date,
+                         parent_version=parent["model_version"] if parent else None, mode=mode,
+                         checkpoint_uri=str(path), checksum=checksum,
+                         metrics=json.dumps({**ckpt.metrics, "events": n_events}, sort_keys=True, default=str),
+                         status="ready", created_at=dt.datetime.now(dt.timezone.utc))
+    register(lake, result.as_dict())
     log.info("train %s: model %s (%s) written to %s", run_date, version, mode, path)
-    return row
+    return result

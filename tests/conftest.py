@@ -7,6 +7,7 @@ once per session and shared by the tests that read their outputs.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -52,6 +53,16 @@ def make_settings(root: Path, **overrides):
                   model_dim=16, top_k=20, baselines=True)
     values.update(overrides)
     return Settings.load(env={}, **values)
+
+
+@contextlib.contextmanager
+def environment(**env: str):
+    """``env`` set in os.environ for the block and restored after it (pytest's MonkeyPatch, which session
+    fixtures cannot take as a fixture)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -121,17 +132,12 @@ def airflow_night(airflow_db, session_dir):
     plan = replay(settings.landing, START, days=2, users_limit=15)
     env = {"COLDSTART_LANDING": settings.landing, "COLDSTART_LAKE": settings.lake, "COLDSTART_MODELS": settings.models,
            "COLDSTART_REPORTS": settings.reports, **NIGHT_ENV}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(**env):
         dag = DagBag(dag_folder=str(ROOT / "dags")).dags["coldstart_nightly"]
         first, second = plan.all_days[:2]
         midnight = dt.time(tzinfo=dt.timezone.utc)
         runs = [dag.test(logical_date=dt.datetime.combine(day + dt.timedelta(days=1), midnight),
                          run_conf={"run_date": day.isoformat()}) for day in (first, second)]
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
     return settings, plan, runs
 
 
@@ -173,19 +179,16 @@ def s3_endpoint(session_dir):
     endpoint = f"http://127.0.0.1:{port}"
     env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "coldstart-test", "AWS_SECRET_ACCESS_KEY": "coldstart-test",
            "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
-    saved = {k: os.environ.get(k) for k in env}
     try:
         _wait_for(lambda: _http_ok(f"{endpoint}/moto-api/data.json"), 60, "the moto S3 server")
-        os.environ.update(env)
-        import pyarrow.fs as pafs
+        with environment(**env):
+            import pyarrow.fs as pafs
 
-        pafs.S3FileSystem(access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"], region="us-east-1",
-                          endpoint_override=f"127.0.0.1:{port}", scheme="http",
-                          allow_bucket_creation=True).create_dir(S3_BUCKET)
-        yield endpoint
+            pafs.S3FileSystem(access_key=env["AWS_ACCESS_KEY_ID"], secret_key=env["AWS_SECRET_ACCESS_KEY"],
+                              region="us-east-1", endpoint_override=f"127.0.0.1:{port}", scheme="http",
+                              allow_bucket_creation=True).create_dir(S3_BUCKET)
+            yield endpoint
     finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         proc.terminate()
         try:
             proc.wait(timeout=20)

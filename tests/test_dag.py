@@ -17,7 +17,7 @@ import pytest
 
 from coldstart.lake import Lake
 from coldstart.pipeline import STAGES
-from tests.conftest import ROOT, START, make_settings
+from tests.conftest import ROOT, START, environment, make_settings
 
 DAGS = ROOT / "dags"
 UTC = dt.timezone.utc
@@ -27,13 +27,8 @@ def _dagbag(**env):
     """Parse dags/ with COLDSTART_* settings in the environment (the DAG reads them at parse time)."""
     from airflow.dag_processing.dagbag import DagBag
 
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(**env):
         return DagBag(dag_folder=str(DAGS))
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def test_dagbag_imports_without_errors():
@@ -163,7 +158,7 @@ def webhook():
     server.server_close()
 
 
-def test_a_failed_night_is_posted_to_the_webhook_and_stops_the_next(airflow_db, webhook, tmp_path, caplog):
+def test_a_failed_night_is_posted_to_the_webhook_and_stops_the_next(airflow_db, webhook, tmp_path, caplog, monkeypatch):
     """Night 1's landing never arrives (sensor timeout 0): it fails and is reported. Night 2 then fails
     at once, naming night 1, before any Spark job runs. Far-future dates keep other tests' runs apart;
     a logical date L given to a manual run processes the day before L."""
@@ -171,15 +166,11 @@ def test_a_failed_night_is_posted_to_the_webhook_and_stops_the_next(airflow_db, 
     env = {"COLDSTART_LANDING": str(tmp_path / "landing"), "COLDSTART_LAKE": str(tmp_path / "lake"),
            "COLDSTART_MODELS": str(tmp_path / "models"), "COLDSTART_LANDING_TIMEOUT_MINUTES": "0",
            "COLDSTART_WEBHOOK_URL": url}
-    dag = _dagbag(**env).dags["coldstart_nightly"]
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the callback reads webhook_url at failure time
-    try:
-        first = dag.test(logical_date=dt.datetime(2099, 1, 1, tzinfo=UTC))
-        second = dag.test(logical_date=dt.datetime(2099, 1, 2, tzinfo=UTC))
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    for key, value in env.items():  # the callback reads webhook_url at failure time, too
+        monkeypatch.setenv(key, value)
+    dag = _dagbag().dags["coldstart_nightly"]
+    first = dag.test(logical_date=dt.datetime(2099, 1, 1, tzinfo=UTC))
+    second = dag.test(logical_date=dt.datetime(2099, 1, 2, tzinfo=UTC))
 
     assert first.state == "failed" and second.state == "failed"
     assert [(r["run_id"], r["task_id"], r["run_date"]) for r in received] == [
@@ -233,5 +224,5 @@ def test_a_killed_spark_job_leaves_no_partial_write_and_its_rerun_succeeds(spark
 
     audit = run_stage("ingest", settings, second, spark=spark)
     day = lake.read_pandas("interactions", filters=[("run_date", "=", second)])
-    assert len(day) == audit["interactions"]["rows_accepted"] > 0 and day.event_id.is_unique
+    assert len(day) == audit.sources["interactions"].rows_accepted > 0 and day.event_id.is_unique
     assert lake.version("interactions") == version + 1  # one commit for the re-run

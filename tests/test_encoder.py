@@ -6,16 +6,11 @@ fail before any model is built.
 
 from __future__ import annotations
 
-import os
+import numpy as np
+import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from coldstart.config import Settings  # noqa: E402
-from coldstart.encoder import (  # noqa: E402
+from coldstart.config import Settings
+from coldstart.encoder import (
     BUNDLED_SHA256, EncoderError, TextEncoder, bundled_model_path, get_encoder, weights_sha256,
 )
 

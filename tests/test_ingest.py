@@ -28,8 +28,8 @@ def test_bad_rows_are_quarantined_and_every_row_is_accounted_for(spark, settings
     ]
     land(settings.landing, "interactions", D1, lines)
     result = ingest(spark, settings, D1)
-    a = result["interactions"]
-    assert (a["rows_read"], a["rows_accepted"], a["rows_quarantined"], a["rows_duplicate"]) == (16, 10, 5, 1)
+    a = result.sources["interactions"]
+    assert (a.rows_read, a.rows_accepted, a.rows_quarantined, a.rows_duplicate) == (16, 10, 5, 1)
     q = Lake.from_settings(settings).read_pandas("quarantine")
     assert sorted(q.reason) == sorted(["malformed_record", "unknown_event_type", "bad_timestamp", "empty_id",
                                        "missing_field"])
@@ -61,8 +61,8 @@ def test_duplicate_of_a_stored_event_within_lateness_is_dropped(spark, settings)
     ingest(spark, settings, D1)
     # the same file delivered again the next day: events are inside the 1-day lateness window
     land(settings.landing, "interactions", D2, [event(i, D1) for i in range(5)] + [event(9, D2)])
-    a = ingest(spark, settings, D2)["interactions"]
-    assert (a["rows_accepted"], a["rows_duplicate"]) == (1, 5)
+    a = ingest(spark, settings, D2).sources["interactions"]
+    assert (a.rows_accepted, a.rows_duplicate) == (1, 5)
 
 
 def test_items_and_users_merge_with_content_hash(spark, settings):
@@ -99,6 +99,6 @@ def test_folder_without_marker_is_not_read(spark, settings):
 def test_empty_day_is_valid(spark, settings):
     folder = land(settings.landing, "interactions", D1, [])
     (folder / "empty.csv").write_text("")
-    a = ingest(spark, settings, D1)["interactions"]
-    assert (a["rows_read"], a["rows_accepted"]) == (0, 0)
+    a = ingest(spark, settings, D1).sources["interactions"]
+    assert (a.rows_read, a.rows_accepted) == (0, 0)
     assert audit_of(settings, D1)["interactions"].files == 2

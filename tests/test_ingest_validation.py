@@ -307,8 +307,8 @@ def test_hostile_files_through_spark_balance_the_audit(spark, tmp_path):
                                          b"c2,u1,i1,rate," + b"9" * 401 + b",2024-03-01T09:00:00Z,home\n")
     (folder / "c.csv").write_bytes(b"event_id,user_id,item_id,event_type,value,ts,sc\xe8ne\n"
                                    b"d1,u1,i1,view,,2024-03-01T09:00:00Z,home\nd2,u1,i1,view,,2024-03-01T09:00:00Z,\n")
-    a = ingest(spark, settings, day)["interactions"]
-    assert (a["rows_read"], a["rows_accepted"], a["rows_quarantined"], a["rows_duplicate"]) == (8, 3, 5, 0)
+    a = ingest(spark, settings, day).sources["interactions"]
+    assert (a.rows_read, a.rows_accepted, a.rows_quarantined, a.rows_duplicate) == (8, 3, 5, 0)
     lake = Lake.from_settings(settings)
     q = lake.read_pandas("quarantine")
     got = sorted((f.rsplit("/", 1)[-1], line, reason) for f, line, reason in zip(q.source_file, q.line, q.reason))
@@ -345,11 +345,11 @@ def test_redelivery_lateness_formats_and_fuzz_through_spark(spark, tmp_path, mon
                                                            Rules.from_settings(settings, D1))))
     fuzz_valid = expected_fuzz.filter(pc.is_null(expected_fuzz.column("reason")))
     fuzz_dups = fuzz_valid.num_rows - len(set(fuzz_valid.column("event_id").to_pylist()))
-    a = ingest(spark, settings, D1)["interactions"]
-    assert a["rows_read"] == 12 + 200 + 2 + 2
-    assert a["rows_read"] == a["rows_accepted"] + a["rows_quarantined"] + a["rows_duplicate"]
-    assert a["rows_duplicate"] == 6 + fuzz_dups
-    assert a["rows_quarantined"] == expected_fuzz.num_rows - fuzz_valid.num_rows
+    a = ingest(spark, settings, D1).sources["interactions"]
+    assert a.rows_read == 12 + 200 + 2 + 2
+    assert a.rows_read == a.rows_accepted + a.rows_quarantined + a.rows_duplicate
+    assert a.rows_duplicate == 6 + fuzz_dups
+    assert a.rows_quarantined == expected_fuzz.num_rows - fuzz_valid.num_rows
     lake = Lake.from_settings(settings)
     q = lake.read_pandas("quarantine")
     assert sorted(q.line) == sorted(expected_fuzz.filter(pc.is_valid(expected_fuzz.column("reason"))).column("line")
@@ -360,8 +360,8 @@ def test_redelivery_lateness_formats_and_fuzz_through_spark(spark, tmp_path, mon
 
     # next day: the same file again (within lateness: duplicates of stored events), plus a late event (accepted)
     land(settings.landing, "interactions", D2, first + [event(50, D1)], name="a.jsonl")
-    a = ingest(spark, settings, D2)["interactions"]
-    assert (a["rows_accepted"], a["rows_duplicate"], a["rows_quarantined"]) == (1, 6, 0)
+    a = ingest(spark, settings, D2).sources["interactions"]
+    assert (a.rows_accepted, a.rows_duplicate, a.rows_quarantined) == (1, 6, 0)
 
     # two days later: that file is beyond the lateness (quarantined); an id stored on D1 is reused with a ts
     # inside the window: accepted, because only the partitions inside the lateness window are checked
@@ -374,8 +374,8 @@ def test_redelivery_lateness_formats_and_fuzz_through_spark(spark, tmp_path, mon
 
     monkeypatch.setattr(Lake, "read_spark", spy)
     land(settings.landing, "interactions", D3, first + [event(0, D2, event_id="e0")], name="a.jsonl")
-    a = ingest(spark, settings, D3)["interactions"]
-    assert (a["rows_accepted"], a["rows_duplicate"], a["rows_quarantined"]) == (1, 0, 6)
+    a = ingest(spark, settings, D3).sources["interactions"]
+    assert (a.rows_accepted, a.rows_duplicate, a.rows_quarantined) == (1, 0, 6)
     assert set(lake.read_pandas("quarantine", filters=[("run_date", "=", D3)]).reason) == {"late_timestamp"}
     assert ("interactions", {"run_date": [D2]}) in reads
     assert all(p is not None for name, p in reads if name == "interactions")
@@ -479,10 +479,10 @@ def test_synth_day_through_spark_lands_broken_rows_in_quarantine(spark, tmp_path
     lake = Lake.from_settings(settings)
     q = lake.read_pandas("quarantine")
     for source in ("interactions", "items", "users"):
-        a, expected = result[source], getattr(summary, source)
-        assert a["rows_read"] == expected["rows"] == a["rows_accepted"] + a["rows_quarantined"] + a["rows_duplicate"]
+        a, expected = result.sources[source], getattr(summary, source)
+        assert a.rows_read == expected["rows"] == a.rows_accepted + a.rows_quarantined + a.rows_duplicate
         want = {BROKEN_KINDS[source][k]: n for k, n in expected["broken"].items() if k != "duplicate"}
         assert q[q.source == source].reason.value_counts().to_dict() == want
-    assert result["interactions"]["rows_duplicate"] == summary.interactions["broken"]["duplicate"]
-    assert result["interactions"]["rows_accepted"] == summary.interactions["valid"]
+    assert result.sources["interactions"].rows_duplicate == summary.interactions["broken"]["duplicate"]
+    assert result.sources["interactions"].rows_accepted == summary.interactions["valid"]
     assert lake.read_arrow("users", columns=["user_id"]).num_rows >= cfg.users

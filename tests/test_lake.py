@@ -74,12 +74,6 @@ def test_merge_upserts_by_key_and_can_preserve_columns(lake):
         lake.merge("users", pa.Table.from_pylist([row, row], schema=TABLES["users"].schema))
 
 
-def test_append_once_never_appends_twice(lake):
-    assert lake.append_once("recommendations", recs(D1), txn_id="night-1")
-    assert not lake.append_once("recommendations", recs(D1), txn_id="night-1")
-    assert lake.read_arrow("recommendations").num_rows == 6
-
-
 def test_spark_write_commits_once_and_reads_back(spark, lake):
     df = spark.createDataFrame(recs(D1).to_pandas())
     assert lake.write_spark(df, "recommendations", "replace_partition", {"run_date": D1}) == 6
@@ -90,13 +84,6 @@ def test_spark_write_commits_once_and_reads_back(spark, lake):
     assert counts == {D1: 6, D2: 6}
     stats = lake.table("recommendations").get_add_actions(flatten=True)
     assert "min.score" in pa.table(stats).column_names  # file stats were committed
-
-
-def test_spark_write_guarded_by_txn_id(spark, lake):
-    df = spark.createDataFrame(recs(D1).to_pandas())
-    assert lake.write_spark(df, "recommendations", "append", txn_id="t1") == 6
-    assert lake.write_spark(df, "recommendations", "append", txn_id="t1") == 0
-    assert lake.read_arrow("recommendations").num_rows == 6
 
 
 def test_crash_before_commit_leaves_table_unchanged_and_vacuum_removes_orphans(spark, lake, monkeypatch):
@@ -156,7 +143,7 @@ def test_partition_rows_come_from_the_log_and_follow_a_replace(lake):
     assert lake.partition_rows("recommendations", "run_date") == {D1: 2, D2: 10}
 
 
-@pytest.mark.parametrize("write", ["replace", "merge", "append_once"])
+@pytest.mark.parametrize("write", ["replace", "merge"])
 def test_a_table_with_older_column_docs_takes_writes_and_gets_the_catalogs_docs(lake, write):
     """A lake made by an older release, whose column docs read differently: Delta refuses a write whose
     schema metadata differs, so without the sync every write after an upgrade would fail."""
@@ -167,10 +154,8 @@ def test_a_table_with_older_column_docs_takes_writes_and_gets_the_catalogs_docs(
     DeltaTable.create(lake.uri("recommendations"), old, partition_by=["run_date"])
     if write == "replace":
         lake.replace_partition("recommendations", recs(D1), run_date=D1)
-    elif write == "merge":
-        lake.merge("recommendations", recs(D1))
     else:
-        assert lake.append_once("recommendations", recs(D1), txn_id="t1")
+        lake.merge("recommendations", recs(D1))
     docs = {f.name: f.metadata.get("doc") for f in lake.table("recommendations").schema().fields}
     assert docs["score"] == RECOMMENDATIONS.column_doc("score")
     assert len(lake.read_pandas("recommendations")) == 6

@@ -54,12 +54,26 @@ def test_embeddings_cover_every_item_once(tiny_run):
     assert (emb.dim == 384).all()
 
 
-def test_evaluation_compares_model_and_baselines(tiny_run):
+def test_evaluation_compares_model_and_baselines_on_the_same_users(tiny_run):
+    from coldstart.evaluate import pooled
+
     settings, plan, days, _ = tiny_run
-    ev = Lake.from_settings(settings).read_pandas("evaluation")
+    lake = Lake.from_settings(settings)
+    ev = lake.read_pandas("evaluation")
+    users = lake.read_pandas("evaluation_users")
     assert set(ev.run_date) == set(days[1:])
     assert {"model", "popularity"} <= set(ev.method)
     assert ev.value.between(0, 1).all()
+    key = ["run_date", "slice", "metric", "k"]
+    # every method is measured on the same target users, night by night and slice by slice
+    assert (ev.groupby(key).n_users.nunique() == 1).all() and (ev.groupby(key).method.nunique() == ev.method.nunique()).all()
+    # each figure is its per-user values pooled (evaluation_users holds what the means are made of)
+    for day, part in users.groupby("run_date"):
+        expected = pooled(part).set_index(["method", "slice", "metric", "k"])["value"]
+        for row in ev[ev.run_date == day].itertuples():
+            assert abs(row.value - expected[(row.method, row.slice, row.metric, row.k)]) < 1e-9, row
+    wide = ev.pivot_table(index=key, columns="method", values="value")
+    assert (wide["model"] != wide["popularity"]).any()  # two methods, two sets of figures
 
 
 def test_rerun_of_a_night_changes_nothing(tiny_run, spark):
@@ -94,10 +108,10 @@ def test_missing_or_corrupt_checkpoint_trains_cold(tiny_run, spark, tmp_path):
     weights = Path(checkpoint_files(prior)["model.pt"])
     weights.write_bytes(weights.read_bytes()[:-10] + b"corrupted!")
     row = train(spark, copy, days[2])
-    assert row["mode"] == "cold" and row["parent_version"] is None
+    assert row.mode == "cold" and row.parent_version is None
     shutil.rmtree(prior)
-    assert train(spark, copy, days[2])["mode"] == "cold"
-    assert train(spark, copy, days[2], full_retrain=True)["mode"] == "full"
+    assert train(spark, copy, days[2]).mode == "cold"
+    assert train(spark, copy, days[2], full_retrain=True).mode == "full"
 
 
 def test_score_without_a_model_says_so(tiny_run, tmp_path):

@@ -63,14 +63,32 @@ def test_replay_sample_reads_only_the_replay_days(tmp_path):
     assert isinstance(sample["user_id"].dtype, pd.CategoricalDtype)
 
 
+def test_warm_holdout_is_a_seeded_few_percent_of_todays_events_only():
+    from coldstart.model import VALIDATION_FRACTION, VALIDATION_MIN_EVENTS
+    from coldstart.train import _holdout_of_today
+
+    day = dt.date(2024, 3, 20)
+    mask = _holdout_of_today(300, 200, 7, day)
+    assert mask is not None and len(mask) == 500
+    assert not mask[:300].any()  # the replay rows come first and are all trained on
+    assert mask.sum() == round(VALIDATION_FRACTION * 200) == 10
+    assert np.array_equal(mask, _holdout_of_today(300, 200, 7, day))  # seeded
+    assert not np.array_equal(mask, _holdout_of_today(300, 200, 7, day + dt.timedelta(days=1)))  # by night
+    assert _holdout_of_today(300, VALIDATION_MIN_EVENTS - 1, 7, day) is None  # too few to split
+
+
 def test_warm_night_trains_on_todays_events(tiny_run):
+    from coldstart.model import VALIDATION_FRACTION
+
     settings, plan, days, _ = tiny_run
     lake = Lake.from_settings(settings)
     registry = lake.read_pandas("model_registry").sort_values("run_date")
     warm = registry[registry["mode"] == "warm"].iloc[-1]
     metrics = json.loads(warm["metrics"])
     today = len(lake.read_pandas("interactions", columns=["event_id"], filters=[("run_date", "=", warm["run_date"])]))
-    # only a few percent of today's events are held out for validation; the rest is trained on
-    assert metrics["n_train"] + metrics["n_val"] == metrics["events"]
-    assert metrics["n_val"] <= max(1, round(0.05 * today))
     assert warm["run_date"] - dt.timedelta(days=1) == registry.iloc[-2]["run_date"]
+    # a replay sample of earlier nights beside today's events, and only a few percent of today's events held
+    # out (the default split would take 5 % of all the events, the replayed ones too)
+    assert metrics["events"] > today >= 50
+    assert metrics["n_val"] == round(VALIDATION_FRACTION * today)
+    assert metrics["n_train"] == metrics["events"] - metrics["n_val"]

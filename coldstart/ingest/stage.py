@@ -15,6 +15,7 @@ from coldstart.config import Settings
 from coldstart.ingest.contract import COMMON_DDL, PARSED_DDL, AuditError, Rules
 from coldstart.ingest.validate import parse_file
 from coldstart.landing import SOURCES, day_files
+from coldstart.results import IngestResult, SourceAudit
 
 log = logging.getLogger("coldstart.ingest")
 
@@ -62,56 +63,32 @@ def _latest_per_key(valid, key: str):
     return valid.withColumn("_n", F.row_number().over(latest))
 
 
-def ingest(spark, settings: Settings, run_date: dt.date) -> dict:
-    """Ingest landing(run_date). Returns the audit rows by source.
+def ingest(spark, settings: Settings, run_date: dt.date) -> IngestResult:
+    """Ingest landing(run_date) and return the audit of every source (rows_read = accepted + quarantined +
+    duplicate, else AuditError).
 
     Commits, in order: interactions(run_date), items merge, users merge, quarantine(run_date),
     ingest_audit(run_date). Each is idempotent for the date, so a rerun after a crash anywhere
     converges to the rows of a clean run."""
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
-    from pyspark.storagelevel import StorageLevel
 
     from coldstart.lake import Lake
 
     lake = Lake.from_settings(settings)
     rules = Rules.from_settings(settings, run_date)
-    files = {s: day_files(settings.landing, s, run_date, required=(s == "interactions")) for s in SOURCES}
-    paths = {s: list(files[s] or []) for s in SOURCES}
-    day = F.lit(run_date).cast("date")
-    now = F.current_timestamp()
-    cached = []
-
-    def keep(df):
-        df = df.persist(StorageLevel.DISK_ONLY)
-        cached.append(df)
-        return df
-
-    try:
+    paths = {s: list(day_files(settings.landing, s, run_date, required=(s == "interactions")) or []) for s in SOURCES}
+    with _persisted() as keep:
         parsed = {}
         for source in SOURCES:
             log.info("ingest %s %s: %d file(s)", run_date, source, len(paths[source]))
             parsed[source] = keep(_parsed_frame(spark, source, paths[source], rules))
         valid = {s: parsed[s].filter(F.col("reason").isNull()) for s in SOURCES}
-
-        # --- interactions: one window over this run's events and the stored event_ids of the partitions
-        # inside the lateness window (only those: a day's cost does not grow with history). Stored ids
-        # sort first, then this run's rows by file and line: every row but the first of an id is a repeat.
-        window = [run_date - dt.timedelta(days=d) for d in range(1, settings.lateness_days + 1)]
-        stored = lake.read_spark(spark, "interactions", partitions={"run_date": window}).select(
-            "event_id", F.lit(0).alias("_origin"))
-        events = valid["interactions"].withColumn("_origin", F.lit(1))
-        first = Window.partitionBy("event_id").orderBy("_origin", "source_file", "line")
-        marked = keep(events.unionByName(stored, allowMissingColumns=True)
-                      .withColumn("_dup", F.row_number().over(first) > 1).filter(F.col("_origin") == 1))
-        accepted = marked.filter(~F.col("_dup")).select(
-            "event_id", "user_id", "item_id", "event_type", "value", "scene", "event_ts",
-            F.to_date("event_ts").alias("event_date"), day.alias("run_date"), "source_file", now.alias("ingested_at"))
+        marked = keep(_mark_repeats(spark, lake, settings, run_date, valid["interactions"]))
+        accepted = _accepted_events(marked, run_date)
         with _phase(run_date, "parse, validate, dedup and write interactions"):
             rows_accepted = {"interactions": lake.write_spark(accepted, "interactions", "replace_partition",
                                                               {"run_date": run_date})}
-
-        # --- items and users: the latest row of the day per id is merged, the others are superseded
+        # items and users: the latest row of the day per id is merged, the others are superseded
         items, users = _latest_per_key(valid["items"], "item_id"), _latest_per_key(valid["users"], "user_id")
         with _phase(run_date, "count rows"):
             counts = _count_rows(parsed, marked, items, users)
@@ -121,40 +98,92 @@ def ingest(spark, settings: Settings, run_date: dt.date) -> dict:
             _merge_items(spark, lake, items.filter("_n = 1"), accepted, run_date)
         with _phase(run_date, "merge users"):
             _merge_users(spark, lake, users.filter("_n = 1"), accepted, run_date)
-
-        quarantine = None
-        for source in SOURCES:
-            rejected = parsed[source].filter(F.col("reason").isNotNull()).select(
-                day.alias("run_date"), F.lit(source).alias("source"), "source_file", "line", "raw", "reason", "detail",
-                now.alias("ingested_at"))
-            quarantine = rejected if quarantine is None else quarantine.unionByName(rejected)
-        assert quarantine is not None  # SOURCES is not empty
         with _phase(run_date, "write quarantine"):
-            lake.write_spark(quarantine.coalesce(1), "quarantine", "replace_partition", {"run_date": run_date})
+            lake.write_spark(_quarantine_rows(parsed, run_date).coalesce(1), "quarantine", "replace_partition",
+                             {"run_date": run_date})
+    return _write_audit(lake, run_date, paths, counts, rows_accepted)
+
+
+@contextmanager
+def _persisted():
+    """``keep(df)``: persist df on disk for the stage's several passes over it; all unpersisted at the end."""
+    from pyspark.storagelevel import StorageLevel
+
+    cached = []
+
+    def keep(df):
+        df = df.persist(StorageLevel.DISK_ONLY)
+        cached.append(df)
+        return df
+    try:
+        yield keep
     finally:
         for df in cached:
             df.unpersist()
 
-    # rows_quarantined is read back from the committed partition: a lost write shows up in the audit.
+
+def _mark_repeats(spark, lake, settings: Settings, run_date: dt.date, events):
+    """This run's valid events with ``_dup``: one window over them and the stored event_ids of the partitions
+    inside the lateness window (only those: a day's cost does not grow with history). Stored ids sort
+    first, then this run's rows by file and line: every row but the first of an id is a repeat."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    window = [run_date - dt.timedelta(days=d) for d in range(1, settings.lateness_days + 1)]
+    stored = lake.read_spark(spark, "interactions", partitions={"run_date": window}).select(
+        "event_id", F.lit(0).alias("_origin"))
+    first = Window.partitionBy("event_id").orderBy("_origin", "source_file", "line")
+    return (events.withColumn("_origin", F.lit(1)).unionByName(stored, allowMissingColumns=True)
+            .withColumn("_dup", F.row_number().over(first) > 1).filter(F.col("_origin") == 1))
+
+
+def _accepted_events(marked, run_date: dt.date):
+    """The first occurrence of every event id, as interactions rows of run_date."""
+    from pyspark.sql import functions as F
+
+    return marked.filter(~F.col("_dup")).select(
+        "event_id", "user_id", "item_id", "event_type", "value", "scene", "event_ts",
+        F.to_date("event_ts").alias("event_date"), F.lit(run_date).cast("date").alias("run_date"), "source_file",
+        F.current_timestamp().alias("ingested_at"))
+
+
+def _quarantine_rows(parsed: dict, run_date: dt.date):
+    """Every source's rejected rows, as quarantine rows of run_date."""
+    from pyspark.sql import functions as F
+
+    day, now = F.lit(run_date).cast("date"), F.current_timestamp()
+    parts = [parsed[source].filter(F.col("reason").isNotNull()).select(
+        day.alias("run_date"), F.lit(source).alias("source"), "source_file", "line", "raw", "reason", "detail",
+        now.alias("ingested_at")) for source in SOURCES]
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.unionByName(part)
+    return out
+
+
+def _write_audit(lake, run_date: dt.date, paths: dict[str, list[str]], counts: dict[tuple[str, str], int],
+                 rows_accepted: dict[str, int]) -> IngestResult:
+    """Check each source's accounting and write ingest_audit(run_date). rows_quarantined is read back from
+    the committed partition: a lost write shows up in the audit."""
     stored_quarantine = (lake.read_arrow("quarantine", columns=["source"], filters=[("run_date", "=", run_date)])
                          .group_by("source").aggregate([([], "count_all")]).to_pylist())
     quarantined = {r["source"]: r["count_all"] for r in stored_quarantine}
-    rows = []
-    for source in SOURCES:
-        rows.append({"run_date": run_date, "source": source, "files": len(paths[source]),
-                     "rows_read": counts.get((source, "read"), 0), "rows_accepted": rows_accepted[source],
-                     "rows_quarantined": quarantined.get(source, 0),
-                     "rows_duplicate": counts.get((source, "duplicate"), 0),
-                     "ingested_at": dt.datetime.now(dt.timezone.utc)})
-    for r in rows:
-        if r["rows_read"] != r["rows_accepted"] + r["rows_quarantined"] + r["rows_duplicate"]:
-            raise AuditError(f"ingest {run_date} {r['source']}: rows_read={r['rows_read']} but accepted "
-                             f"{r['rows_accepted']} + quarantined {r['rows_quarantined']} + duplicate {r['rows_duplicate']}")
-    lake.replace_partition("ingest_audit", pa.Table.from_pylist(rows), run_date=run_date)
-    for r in rows:
-        log.info("ingest %s %-12s read=%d accepted=%d quarantined=%d duplicate=%d", run_date, r["source"], r["rows_read"],
-                 r["rows_accepted"], r["rows_quarantined"], r["rows_duplicate"])
-    return {r["source"]: r for r in rows}
+    audits = {source: SourceAudit(run_date=run_date, source=source, files=len(paths[source]),
+                                  rows_read=counts.get((source, "read"), 0), rows_accepted=rows_accepted[source],
+                                  rows_quarantined=quarantined.get(source, 0),
+                                  rows_duplicate=counts.get((source, "duplicate"), 0),
+                                  ingested_at=dt.datetime.now(dt.timezone.utc))
+              for source in SOURCES}
+    for a in audits.values():
+        if a.rows_read != a.rows_accepted + a.rows_quarantined + a.rows_duplicate:
+            raise AuditError(f"ingest {run_date} {a.source}: rows_read={a.rows_read} but accepted "
+                             f"{a.rows_accepted} + quarantined {a.rows_quarantined} + duplicate {a.rows_duplicate}")
+    lake.replace_partition("ingest_audit", pa.Table.from_pylist([a.as_dict() for a in audits.values()]),
+                           run_date=run_date)
+    for a in audits.values():
+        log.info("ingest %s %-12s read=%d accepted=%d quarantined=%d duplicate=%d", run_date, a.source, a.rows_read,
+                 a.rows_accepted, a.rows_quarantined, a.rows_duplicate)
+    return IngestResult(audits)
 
 
 def _count_rows(parsed: dict, marked, items, users) -> dict[tuple[str, str], int]:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from coldstart.config import Settings
 from coldstart.model.checkpoint import Checkpoint
 from coldstart.model.training import Rank, TrainingData, _train_threads, _validation_split, fit, prepare
 
@@ -67,7 +68,7 @@ def _first_interactions(data: TrainingData) -> dict | None:
     return first
 
 
-def train_distributed(spark, data: TrainingData, settings, prior: Checkpoint | None = None,
+def train_distributed(spark, data: TrainingData, settings: Settings, prior: Checkpoint | None = None,
                       epochs: int | None = None) -> Checkpoint:
     """Like :func:`coldstart.model.train`, on ``settings.train_processes`` data-parallel ranks started by
     TorchDistributor on ``spark``'s cluster; returns rank 0's checkpoint (see the module doc)."""
@@ -107,7 +108,7 @@ def train_distributed(spark, data: TrainingData, settings, prior: Checkpoint | N
         log.info("training on %d ranks (%s, %s): %d events, %d batches of %d per rank and epoch", world,
                  "driver host" if local else "executors", device, len(train_rows), steps, batch)
         distributor = TorchDistributor(num_processes=world, local_mode=local, use_gpu=device == "cuda")
-        result = distributor.run(_rank_main, str(folder), settings, plan, max(1, _train_threads(settings) // world),
+        result = distributor.run(_rank_main, str(folder), settings, plan, max(1, _train_threads() // world),
                                  started)
         if not result:
             raise RuntimeError(f"training on {world} ranks returned no checkpoint from rank 0")
@@ -118,7 +119,7 @@ def train_distributed(spark, data: TrainingData, settings, prior: Checkpoint | N
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _rank_main(folder: str, settings, plan: Rank, threads: int, started: float) -> str | None:
+def _rank_main(folder: str, settings: Settings, plan: Rank, threads: int, started: float) -> str | None:
     """One rank (runs in a process TorchDistributor started; RANK and WORLD_SIZE are in the environment)."""
     import torch
     import torch.distributed as dist

@@ -11,6 +11,7 @@ from coldstart.model.checkpoint import Checkpoint
 from coldstart.model.network import HistoryBags
 from coldstart.vectors import content_mapping, content_matrix
 
+# users per forward pass: bounds the towers' activations (block x hidden floats) at any number of users
 INFERENCE_BLOCK = 8192
 
 

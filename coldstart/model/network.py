@@ -14,6 +14,11 @@ def _mlp(inp: int, hidden: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(inp, hidden), nn.GELU(), nn.Linear(hidden, out))
 
 
+def scene_dim_for(dim: int) -> int:
+    """Width of the scene embedding in a model of width ``dim``: a quarter, at least 4 (a handful of scenes)."""
+    return max(4, dim // 4)
+
+
 class InterestModel(nn.Module):
     """Two towers with id tables; see the module doc. Index ``-1`` means "no id row" everywhere."""
 
@@ -24,7 +29,7 @@ class InterestModel(nn.Module):
                  hidden: int | None = None) -> None:
         super().__init__()
         id_dim = id_dim or dim
-        scene_dim = scene_dim or max(4, dim // 4)
+        scene_dim = scene_dim or scene_dim_for(dim)
         hidden = hidden or 2 * dim
         self.arch = dict(content_dim=content_dim, dim=dim, id_dim=id_dim, scene_dim=scene_dim, hidden=hidden)
         # id tables: sparse gradients, so rows of entities absent from a batch are never touched

@@ -14,19 +14,20 @@ import torch
 import torch.nn.functional as F
 
 from coldstart import idmap
+from coldstart.config import Settings
 from coldstart.features import recent_popularity
 from coldstart.model.checkpoint import FORMAT_VERSION, Checkpoint, CheckpointError, grow, index_list, json_safe
-from coldstart.model.network import HistoryBags, InterestModel, build_model
+from coldstart.model.network import HistoryBags, InterestModel, build_model, scene_dim_for
 from coldstart.vectors import ContentLike, content_dim_of, content_mapping, content_matrix
 
 log = logging.getLogger("coldstart.model")
 
 NEGATIVES_PER_POSITIVE = 4          # weight of the negatives' mean loss relative to the positives'
 NEGATIVES_PER_BATCH = 512           # shared uniform negatives scored against every user of a batch
-VALIDATION_FRACTION = 0.05
-VALIDATION_MAX = 5000
+VALIDATION_FRACTION = 0.05          # held out of training: enough rows for the metrics, few lost to training
+VALIDATION_MAX = 5000               # a cap: a large night's validation pass stays small next to its training
 VALIDATION_MIN_EVENTS = 50          # fewer events than this: no split, validation metrics are None
-VALIDATION_NEGATIVES = 200
+VALIDATION_NEGATIVES = 200          # sampled items each held-out positive is ranked against (AUC)
 
 
 @dataclass
@@ -143,14 +144,14 @@ def _evaluate(model: InterestModel, u_idx, u_content, s_idx, i_idx, values, item
     return out
 
 
-def _config_from_settings(settings, content_dim: int) -> dict:
+def _config_from_settings(settings: Settings, content_dim: int) -> dict:
     dim = int(settings.model_dim)
     return {"format": FORMAT_VERSION, "content_dim": int(content_dim), "dim": dim, "id_dim": dim,
-            "scene_dim": max(4, dim // 4), "hidden": 2 * dim,
-            "encoder_name": str(getattr(settings, "encoder_name", ""))}
+            "scene_dim": scene_dim_for(dim), "hidden": 2 * dim,
+            "encoder_name": settings.encoder_name}
 
 
-def train(data: TrainingData, settings, prior: Checkpoint | None = None, epochs: int | None = None) -> Checkpoint:
+def train(data: TrainingData, settings: Settings, prior: Checkpoint | None = None, epochs: int | None = None) -> Checkpoint:
     """Train a checkpoint on ``data``.
 
     ``prior`` given: warm start (grow its id tables with the data's ids, then fine-tune for
@@ -161,7 +162,7 @@ def train(data: TrainingData, settings, prior: Checkpoint | None = None, epochs:
     ``settings.train_replay_sample``). ``metrics`` of the result hold the per-head validation
     metrics of the last epoch and the per-epoch losses; ``config`` holds mode, seed, parent checksum.
     """
-    threads = _train_threads(settings)
+    threads = _train_threads()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -173,13 +174,9 @@ def train(data: TrainingData, settings, prior: Checkpoint | None = None, epochs:
         torch.set_num_threads(previous)
 
 
-def _train_threads(settings) -> int:
-    """Intra-op threads for training: ``settings.train_threads`` if that setting exists (> 0), else
-    half the cores (at least 1). The batches are small: on a busy 2-core box two OpenMP threads
-    competing with Spark are ~10x slower than one."""
-    wanted = int(getattr(settings, "train_threads", 0) or 0)
-    if wanted > 0:
-        return wanted
+def _train_threads() -> int:
+    """Intra-op threads for training: half the cores (at least 1). The batches are small: on a busy
+    2-core box two OpenMP threads competing with Spark are ~10x slower than one."""
     return max(1, (os.cpu_count() or 2) // 2)
 
 
@@ -206,7 +203,7 @@ class Rank:
     n_train: int | None = None  # training rows over all ranks (the metrics report it)
 
 
-def prepare(data: TrainingData, settings, prior: Checkpoint | None, epochs: int | None) -> Start:
+def prepare(data: TrainingData, settings: Settings, prior: Checkpoint | None, epochs: int | None) -> Start:
     """The starting point of training on ``data`` (see :func:`train`); the ids index the whole data."""
     seed = int(settings.seed)
     item_map = content_mapping(data.item_content)
@@ -217,7 +214,7 @@ def prepare(data: TrainingData, settings, prior: Checkpoint | None, epochs: int 
         data_dim = content_dim_of(item_map, default=content_dim)
         if data_dim != content_dim:
             raise CheckpointError(f"prior checkpoint has content dim {content_dim}, the data has {data_dim}")
-        enc = str(getattr(settings, "encoder_name", ""))
+        enc = settings.encoder_name
         if prior.config.get("encoder_name") and enc and prior.config["encoder_name"] != enc:
             raise CheckpointError(f"prior checkpoint was trained on encoder {prior.config['encoder_name']!r}, "
                                   f"not {enc!r}")
@@ -256,7 +253,7 @@ def prepare(data: TrainingData, settings, prior: Checkpoint | None, epochs: int 
     return Start(ckpt=ckpt, config=config, mode=mode, epochs=n_epochs)
 
 
-def fit(start: Start, data: TrainingData, settings, started: float | None = None,
+def fit(start: Start, data: TrainingData, settings: Settings, started: float | None = None,
         rank: Rank = Rank()) -> Checkpoint | None:
     """Train ``start``'s model on ``data`` (its validation rows held out) on the ``device`` setting's device;
     the result's model is on the CPU. With ``rank.world`` > 1 this process is one data-parallel rank
@@ -266,140 +263,195 @@ def fit(start: Start, data: TrainingData, settings, started: float | None = None
     from coldstart.devices import fast_matmul, resolve_device
 
     started = time.perf_counter() if started is None else started
-    device = resolve_device(getattr(settings, "device", "cpu"))
+    device = resolve_device(settings.device)
     with fast_matmul(device):
         return _fit(start, data, settings, started, rank, device)
 
 
-def _fit(start: Start, data: TrainingData, settings, started: float, rank: Rank, device: str) -> Checkpoint | None:
-    seed = int(settings.seed)
-    ckpt, config, mode, n_epochs = start.ckpt, start.config, start.mode, start.epochs
-    item_map = content_mapping(data.item_content)
-    user_map = content_mapping(data.user_content)
-    content_dim = int(config["content_dim"])
+def _fit(start: Start, data: TrainingData, settings: Settings, started: float, rank: Rank,
+         device: str) -> Checkpoint | None:
+    """The training loop: the data as tensors, ``start.epochs`` epochs of steps, then (rank 0) the validation
+    metrics and the checkpoint."""
+    ckpt, config = start.ckpt, start.config
     model = ckpt.model.to(device)
-
-    # tensors ----------------------------------------------------------------------------------
-    item_keys = index_list(ckpt.item_index)
-    item_content_all = torch.from_numpy(content_matrix(item_keys, item_map, content_dim)[0]).to(device)
-    uniq_users, user_codes = np.unique(data.user_ids, return_inverse=True)
-    user_mat = torch.from_numpy(content_matrix(uniq_users, user_map, content_dim)[0])
-    u_all = torch.from_numpy(idmap.positions(uniq_users, ckpt.user_index))[torch.from_numpy(user_codes.astype(np.int64))]
-    uc_all = torch.from_numpy(user_codes.astype(np.int64))  # row of user_mat
-    i_all = torch.from_numpy(idmap.positions(data.item_ids, ckpt.item_index))
-    s_all = torch.from_numpy(idmap.positions(data.scenes, ckpt.scene_index))
-    v_all = torch.from_numpy(data.values.astype(np.float32))
-    state = _state_tensors(data, item_keys)
-    bags = _history_bags(data, uniq_users, ckpt.item_index)
-    # the event's own item is left out of its user's history mean (it is what is being predicted)
-    in_bag = torch.from_numpy(bags.contains(user_codes.astype(np.int64), i_all.numpy()))
-
-    val_mask = _validation_split(data, seed)
+    t = _tensors(data, ckpt, int(config["content_dim"]), device)
+    val_mask = _validation_split(data, int(settings.seed))
     tr = torch.from_numpy(np.flatnonzero(~val_mask))
     va = torch.from_numpy(np.flatnonzero(val_mask))
-    # One stream per rank (the host's generator: the same draws on any device); rank 0 of one is today's.
-    gen = torch.Generator().manual_seed(seed + 1_000_003 * rank.rank)
-    eval_gen_seed = seed + 1
-
-    sparse_tables = ("user_id.", "item_id.", "item_id_bias.", "item_hist.", "item_target.")
-    dense = [p for n, p in model.named_parameters() if not n.startswith(sparse_tables)]
-    sparse = [model.user_id.weight, model.item_id.weight, model.item_id_bias.weight, model.item_hist.weight,
-              model.item_target.weight]
-    # the id tables take larger steps: a row only moves in the batches that hold its id
-    opt_dense = torch.optim.Adam(dense, lr=float(settings.train_learning_rate))
-    opt_sparse = torch.optim.SparseAdam(sparse, lr=float(settings.train_id_learning_rate))
-    p_drop = float(settings.train_id_dropout)
-    w_i, w_r = float(settings.loss_weight_interact), float(settings.loss_weight_rating)
-    batch = int(rank.batch or settings.train_batch_size)
-    n_items = item_content_all.shape[0]
-    n_neg = min(NEGATIVES_PER_BATCH, n_items)
     if rank.world > 1 and not len(tr):
         raise ValueError(f"rank {rank.rank} of {rank.world} has no training rows")
-
-    def on(x: torch.Tensor) -> torch.Tensor:
-        return x.to(device, non_blocking=True)
-
-    history: list[dict[str, float]] = []
-    for epoch in range(n_epochs):
-        t0 = time.perf_counter()
-        model.train()
-        order = tr[torch.randperm(len(tr), generator=gen)]
-        sums = {"loss": 0.0, "interact": 0.0, "rating": 0.0}
-        n_batches = 0
-        steps = -(-len(order) // batch) if rank.steps is None else rank.steps
-        for step in range(steps):
-            rows = order[step * batch:(step + 1) * batch]
-            # A rank whose shard ran out still joins the step's all-reduce, with a zero-weighted row.
-            weight = 1.0 if len(rows) else 0.0
-            rows = rows if len(rows) else order[:1]
-            b = len(rows)
-            ui, si, ii, vals = on(u_all[rows]), on(s_all[rows]), i_all[rows], on(v_all[rows])
-            uc = on(user_mat[uc_all[rows]])
-            neg = torch.randint(n_items, (n_neg,), generator=gen)
-            keep_u = on(torch.rand(b, generator=gen) >= p_drop)
-            keep_i = on(torch.rand(b + n_neg, generator=gen) >= p_drop)
-            keep_h = on(torch.rand(b, generator=gen) >= p_drop)
-            items = on(torch.cat([ii, neg]))
-            ii_host, neg_host, ii = ii, neg, on(ii)
-            hist = _leave_one_out(model, bags, uc_all[rows], ii, on(in_bag[rows])) * keep_h.unsqueeze(1)
-            u = model.user_vec(ui, uc, si, keep_u, hist)
-            v, bias = model.item_vec(items, item_content_all[items], keep_i)
-            v_pos, b_pos, v_neg, b_neg = v[:b], bias[:b], v[b:], bias[b:]
-            target = model._lookup(model.item_target, items, keep_i)
-            pos_logit = model.interact_logit(u, v_pos, b_pos) + (hist * target[:b]).sum(-1)
-            neg_logit = u @ v_neg.T + b_neg + hist @ target[b:].T
-            if state is None:
-                neg_loss = F.softplus(neg_logit).mean()
-            else:
-                pos_state, neg_state, neg_live = state.batch(rows, ii_host, neg_host)
-                pos_state, neg_state, neg_live = tuple(map(on, pos_state)), tuple(map(on, neg_state)), on(neg_live)
-                pos_logit = pos_logit + model.state_term(*pos_state)
-                neg_logit = neg_logit + model.state_term(*neg_state)
-                # a negative whose catalogue row did not exist yet on the event's day was no candidate then
-                neg_loss = (F.softplus(neg_logit) * neg_live).sum() / neg_live.sum().clamp(min=1.0)
-            loss_i = F.softplus(-pos_logit).mean() + NEGATIVES_PER_POSITIVE * neg_loss
-            rated = torch.isfinite(vals)
-            if rated.any():
-                pred = model.rating(u[rated], v_pos[rated], b_pos[rated])
-                loss_r = F.mse_loss(pred, vals[rated])
-            else:
-                loss_r = torch.zeros((), device=device)
-            loss = w_i * loss_i + w_r * loss_r
-            opt_dense.zero_grad(set_to_none=True)
-            opt_sparse.zero_grad(set_to_none=True)
-            (loss * weight if weight != 1.0 else loss).backward()
-            if rank.world > 1:
-                all_reduce_gradients(model, rank.world)
-            opt_dense.step()
-            opt_sparse.step()
-            if weight:
-                sums["loss"] += float(loss.detach())
-                sums["interact"] += float(loss_i.detach())
-                sums["rating"] += float(loss_r.detach())
-                n_batches += 1
-        epoch_stats = {k: v / max(n_batches, 1) for k, v in sums.items()}
-        history.append(epoch_stats)
-        log.info("%s epoch %d/%d: loss %.4f (interact %.4f, rating %.4f) on %d events, %.1fs", mode, epoch + 1,
-                 n_epochs, epoch_stats["loss"], epoch_stats["interact"], epoch_stats["rating"], len(tr),
-                 time.perf_counter() - t0)
-
+    step = _Step.of(model, settings, rank, t.n_items, device)
+    # One stream per rank (the host's generator: the same draws on any device); rank 0 of one is today's.
+    gen = torch.Generator().manual_seed(int(settings.seed) + 1_000_003 * rank.rank)
+    history = [_epoch(model, t, step, tr, gen, rank, epoch, start) for epoch in range(start.epochs)]
     if rank.rank != 0:
         return None
+    n_train = int(len(tr) if rank.n_train is None else rank.n_train)
+    return _finish(model, t, va, start, rank, history, started, n_train, eval_seed=int(settings.seed) + 1)
+
+
+@dataclass
+class _Tensors:
+    """The training events as tensors over the checkpoint's index: per event its user (position and row of
+    ``user_content``), item, scene and rating; the content of every item of the index (on the device)."""
+
+    item_content: torch.Tensor  # (n_items, content_dim) on the device
+    user_content: torch.Tensor  # (distinct users of the data, content_dim)
+    users: torch.Tensor         # (n,) position in the user index
+    user_rows: torch.Tensor     # (n,) row of user_content
+    items: torch.Tensor         # (n,) position in the item index
+    scenes: torch.Tensor        # (n,)
+    values: torch.Tensor        # (n,) rating, NaN without one
+    state: _ItemState | None
+    bags: HistoryBags
+    in_bag: torch.Tensor        # (n,) bool: the event's item is in its user's history bag
+    device: str
+
+    @property
+    def n_items(self) -> int:
+        return self.item_content.shape[0]
+
+    def on(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=True)
+
+
+def _tensors(data: TrainingData, ckpt: Checkpoint, content_dim: int, device: str) -> _Tensors:
+    item_keys = index_list(ckpt.item_index)
+    uniq_users, user_codes = np.unique(data.user_ids, return_inverse=True)
+    user_rows = torch.from_numpy(user_codes.astype(np.int64))
+    items = torch.from_numpy(idmap.positions(data.item_ids, ckpt.item_index))
+    bags = _history_bags(data, uniq_users, ckpt.item_index)
+    return _Tensors(
+        item_content=torch.from_numpy(content_matrix(item_keys, content_mapping(data.item_content),
+                                                     content_dim)[0]).to(device),
+        user_content=torch.from_numpy(content_matrix(uniq_users, content_mapping(data.user_content), content_dim)[0]),
+        users=torch.from_numpy(idmap.positions(uniq_users, ckpt.user_index))[user_rows], user_rows=user_rows,
+        items=items, scenes=torch.from_numpy(idmap.positions(data.scenes, ckpt.scene_index)),
+        values=torch.from_numpy(data.values.astype(np.float32)), state=_state_tensors(data, item_keys), bags=bags,
+        # the event's own item is left out of its user's history mean (it is what is being predicted)
+        in_bag=torch.from_numpy(bags.contains(user_codes.astype(np.int64), items.numpy())), device=device)
+
+
+@dataclass
+class _Step:
+    """What every training step uses: the two optimizers, the batch size, the sampled negatives per
+    batch, the id dropout and the loss weights."""
+
+    dense: torch.optim.Optimizer
+    sparse: torch.optim.Optimizer
+    batch: int
+    n_neg: int
+    p_drop: float
+    w_interact: float
+    w_rating: float
+
+    @classmethod
+    def of(cls, model: InterestModel, settings: Settings, rank: Rank, n_items: int, device: str) -> _Step:
+        sparse_tables = ("user_id.", "item_id.", "item_id_bias.", "item_hist.", "item_target.")
+        dense = [p for n, p in model.named_parameters() if not n.startswith(sparse_tables)]
+        sparse = [model.user_id.weight, model.item_id.weight, model.item_id_bias.weight, model.item_hist.weight,
+                  model.item_target.weight]
+        # the id tables take larger steps: a row only moves in the batches that hold its id
+        return cls(dense=torch.optim.Adam(dense, lr=float(settings.train_learning_rate)),
+                   sparse=torch.optim.SparseAdam(sparse, lr=float(settings.train_id_learning_rate)),
+                   batch=int(rank.batch or settings.train_batch_size), n_neg=min(NEGATIVES_PER_BATCH, n_items),
+                   p_drop=float(settings.train_id_dropout), w_interact=float(settings.loss_weight_interact),
+                   w_rating=float(settings.loss_weight_rating))
+
+
+def _epoch(model: InterestModel, t: _Tensors, step: _Step, tr: torch.Tensor, gen: torch.Generator, rank: Rank,
+           epoch: int, start: Start) -> dict[str, float]:
+    """One pass over the training rows ``tr`` in a seeded order; the mean losses of its batches."""
+    t0 = time.perf_counter()
+    model.train()
+    order = tr[torch.randperm(len(tr), generator=gen)]
+    sums = {"loss": 0.0, "interact": 0.0, "rating": 0.0}
+    n_batches = 0
+    steps = -(-len(order) // step.batch) if rank.steps is None else rank.steps
+    for s in range(steps):
+        rows = order[s * step.batch:(s + 1) * step.batch]
+        # A rank whose shard ran out still joins the step's all-reduce, with a zero-weighted row.
+        weight = 1.0 if len(rows) else 0.0
+        loss, loss_i, loss_r = _batch_loss(model, t, step, rows if len(rows) else order[:1], gen)
+        step.dense.zero_grad(set_to_none=True)
+        step.sparse.zero_grad(set_to_none=True)
+        (loss * weight if weight != 1.0 else loss).backward()
+        if rank.world > 1:
+            all_reduce_gradients(model, rank.world)
+        step.dense.step()
+        step.sparse.step()
+        if weight:
+            sums["loss"] += float(loss.detach())
+            sums["interact"] += float(loss_i.detach())
+            sums["rating"] += float(loss_r.detach())
+            n_batches += 1
+    stats = {k: v / max(n_batches, 1) for k, v in sums.items()}
+    log.info("%s epoch %d/%d: loss %.4f (interact %.4f, rating %.4f) on %d events, %.1fs", start.mode, epoch + 1,
+             start.epochs, stats["loss"], stats["interact"], stats["rating"], len(tr), time.perf_counter() - t0)
+    return stats
+
+
+def _batch_loss(model: InterestModel, t: _Tensors, step: _Step, rows: torch.Tensor,
+                gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(weighted loss, interact loss, rating loss) of one batch: its positives against ``step.n_neg``
+    uniformly sampled items shared by the batch, with id rows dropped out."""
+    on = t.on
+    b = len(rows)
+    ui, si, ii, vals = on(t.users[rows]), on(t.scenes[rows]), t.items[rows], on(t.values[rows])
+    uc = on(t.user_content[t.user_rows[rows]])
+    neg = torch.randint(t.n_items, (step.n_neg,), generator=gen)
+    keep_u = on(torch.rand(b, generator=gen) >= step.p_drop)
+    keep_i = on(torch.rand(b + step.n_neg, generator=gen) >= step.p_drop)
+    keep_h = on(torch.rand(b, generator=gen) >= step.p_drop)
+    items = on(torch.cat([ii, neg]))
+    ii_host, neg_host, ii = ii, neg, on(ii)
+    hist = _leave_one_out(model, t.bags, t.user_rows[rows], ii, on(t.in_bag[rows])) * keep_h.unsqueeze(1)
+    u = model.user_vec(ui, uc, si, keep_u, hist)
+    v, bias = model.item_vec(items, t.item_content[items], keep_i)
+    v_pos, b_pos, v_neg, b_neg = v[:b], bias[:b], v[b:], bias[b:]
+    target = model._lookup(model.item_target, items, keep_i)
+    pos_logit = model.interact_logit(u, v_pos, b_pos) + (hist * target[:b]).sum(-1)
+    neg_logit = u @ v_neg.T + b_neg + hist @ target[b:].T
+    if t.state is None:
+        neg_loss = F.softplus(neg_logit).mean()
+    else:
+        pos_state, neg_state, neg_live = t.state.batch(rows, ii_host, neg_host)
+        pos_state, neg_state, neg_live = tuple(map(on, pos_state)), tuple(map(on, neg_state)), on(neg_live)
+        pos_logit = pos_logit + model.state_term(*pos_state)
+        neg_logit = neg_logit + model.state_term(*neg_state)
+        # a negative whose catalogue row did not exist yet on the event's day was no candidate then
+        neg_loss = (F.softplus(neg_logit) * neg_live).sum() / neg_live.sum().clamp(min=1.0)
+    loss_i = F.softplus(-pos_logit).mean() + NEGATIVES_PER_POSITIVE * neg_loss
+    rated = torch.isfinite(vals)
+    if rated.any():
+        pred = model.rating(u[rated], v_pos[rated], b_pos[rated])
+        loss_r = F.mse_loss(pred, vals[rated])
+    else:
+        loss_r = torch.zeros((), device=t.device)
+    return step.w_interact * loss_i + step.w_rating * loss_r, loss_i, loss_r
+
+
+def _finish(model: InterestModel, t: _Tensors, va: torch.Tensor, start: Start, rank: Rank,
+            history: list[dict[str, float]], started: float, n_train: int, eval_seed: int) -> Checkpoint:
+    """Rank 0's end of training: the validation metrics on the held-out rows ``va`` and the checkpoint (on the CPU)."""
+    on = t.on
     with torch.no_grad():
-        val_hist = _leave_one_out(model, bags, uc_all[va], on(i_all[va]), on(in_bag[va]))
-    val = _evaluate(model, on(u_all[va]), on(user_mat[uc_all[va]]), on(s_all[va]), on(i_all[va]), on(v_all[va]),
-                    item_content_all, torch.Generator().manual_seed(eval_gen_seed), val_hist)
+        val_hist = _leave_one_out(model, t.bags, t.user_rows[va], on(t.items[va]), on(t.in_bag[va]))
+    val = _evaluate(model, on(t.users[va]), on(t.user_content[t.user_rows[va]]), on(t.scenes[va]), on(t.items[va]),
+                    on(t.values[va]), t.item_content, torch.Generator().manual_seed(eval_seed), val_hist)
     model.eval()
     model = model.cpu()
+    config = start.config
     if rank.world > 1:
         config["train_processes"] = rank.world
-    metrics = {"mode": mode, "epochs": n_epochs, "n_train": int(len(tr) if rank.n_train is None else rank.n_train), **val,
+    metrics = {"mode": start.mode, "epochs": start.epochs, "n_train": n_train, **val,
                "train_loss": [round(h["loss"], 6) for h in history],
                "train_loss_interact": [round(h["interact"], 6) for h in history],
                "train_loss_rating": [round(h["rating"], 6) for h in history]}
-    log.info("%s training done in %.1fs: val interact AUC %s (cold item %s), rating RMSE %s (baseline %s)", mode,
+    log.info("%s training done in %.1fs: val interact AUC %s (cold item %s), rating RMSE %s (baseline %s)", start.mode,
              time.perf_counter() - started, _fmt(val["val_interact_auc"]), _fmt(val["val_interact_auc_cold_item"]),
              _fmt(val["val_rating_rmse"]), _fmt(val["val_rating_rmse_baseline"]))
+    ckpt = start.ckpt
     return Checkpoint(model=model, user_index=ckpt.user_index, item_index=ckpt.item_index,
                       scene_index=ckpt.scene_index, config=config, metrics=json_safe(metrics))
 
