@@ -27,14 +27,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+from encoder_bench import mm_ceiling, model_flops, sync  # noqa: E402  # the encoder benchmark's measures
 
 
 def timed(fn, device: str) -> float:
@@ -48,9 +46,6 @@ def timed(fn, device: str) -> float:
 def matmul_rate(device: str, n: int) -> float:
     """FLOP/s of an n x n x n product (bench/encoder_bench.py's ceiling): bf16 on CUDA; on the CPU fp32,
     the faster of torch.mm and oneDNN (the encoder's linears run on oneDNN there)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from encoder_bench import mm_ceiling
-
     if device == "cuda":
         return mm_ceiling("cuda", torch.bfloat16, n, 5) * 1e9
     return max(mm_ceiling("cpu", torch.float32, n, 3), mm_ceiling("cpu", torch.float32, n, 3, "onednn")) * 1e9
@@ -62,16 +57,14 @@ def encoder_rates(device: str, lengths, sentences: int, batch: int, rate: float)
 
     enc = TextEncoder(device=device, batch_size=batch, max_length=max(lengths))
     config = enc.model.config
-    h, i, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
     rng = np.random.default_rng(0)
     out = []
     for length in lengths:
         ids = [[101, *rng.integers(1000, 30000, length - 2).tolist(), 102] for _ in range(sentences)]
         enc.embed_ids(ids[:batch])  # warm-up: kernels, allocator
         seconds = timed(lambda batch_ids=ids: enc.embed_ids(batch_ids), device)
-        per_sentence = layers * (8 * length * h * h + 4 * length * h * i + 4 * length * length * h)
         sps = sentences / seconds
-        out.append((length, sps, sps * per_sentence / rate))
+        out.append((length, sps, sps * model_flops(config, length) / rate))
     return out
 
 

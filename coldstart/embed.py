@@ -76,6 +76,9 @@ def pending(spark, settings: Settings):
 
 
 def embed(spark, settings: Settings, run_date: dt.date) -> EmbedResult:
+    """Encode every item and user (with profile text) whose current content has no embedding under the
+    configured encoder and merge them into entity_embeddings (a newer run date's row is never replaced by
+    an older one). Returns how many of each were encoded: none on a re-run of the same night."""
     from pyspark.storagelevel import StorageLevel
 
     from coldstart.lake import Lake

@@ -281,6 +281,9 @@ def tune_baselines(spark, lake: Lake, settings: Settings, run_date: dt.date, k: 
 
 
 def evaluate(spark, settings: Settings, run_date: dt.date, baselines: bool | None = None) -> EvaluateResult:
+    """Measure the lists of run_date - 1 against the events of run_date (the protocol in the module doc), for
+    the model and, with ``baselines`` (default: the setting), every baseline; replace partition run_date of
+    evaluation and evaluation_users (empty when there were no lists). Writes no report."""
     lake = Lake.from_settings(settings)
     list_date = run_date - dt.timedelta(days=1)
     lists, version = model_lists(lake, list_date)

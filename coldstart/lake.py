@@ -513,18 +513,28 @@ class Lake:
         wrote (never a Spark count, never the table's size). Only one small row per file reaches the
         driver, on local disk and on an object store alike."""
         spec = catalog_table(name)
-        partition = partition or {}
         df = conform_spark(df, spec)
-        dt_ = self._base_table(name)
         if mode not in ("append", "replace_partition", "overwrite"):
             raise ValueError(f"unknown write mode {mode!r}")
         if mode == "replace_partition":
             self._check_partition_spec(spec, partition or {})
-        fixed = {c: _partition_text(v) for c, v in partition.items()} if mode == "replace_partition" else None
+        fixed = {c: _partition_text(v) for c, v in (partition or {}).items()} if mode == "replace_partition" else None
+        dt_ = self._base_table(name)
         if _is_local(self.root):
             actions, rows = self._spark_files_local(df, spec, self.uri(name), fixed)
         else:
             actions, rows = _spark_files_remote(df, spec, self.uri(name), fixed)
+        if mode == "append" and not actions:
+            return 0
+        self._commit_files(dt_, name, spec, mode, actions, fixed)
+        self._committed(name, self._find_own_commit(name), rows)
+        log.info("%s: committed %d rows in %d files (%s)", name, rows, len(actions), mode)
+        return rows
+
+    def _commit_files(self, dt_: DeltaTable, name: str, spec: Table, mode: str, actions: list,
+                      fixed: Mapping[str, str] | None) -> None:
+        """One Delta transaction adding ``actions`` (and, replacing, removing the partition's or table's files).
+        A conflict deletes the files (never committed, never read) and raises ConcurrentWriteError."""
         # An add-action commit records no read predicate, so delta-rs would not see a concurrent write of
         # the same partition: the claim id (coldstart.night) makes two such commits conflict.
         # The file counts go into commitInfo, which delta-rs leaves without metrics for these transactions:
@@ -535,26 +545,19 @@ class Lake:
             removed = sum(all(str(a.get(f"partition.{c}")) == v for c, v in wanted.items())
                           for a in pa.table(dt_.get_add_actions(flatten=True)).to_pylist())
         commit = self._commit_properties(name, fixed, [], {_ADDED_KEY: str(len(actions)), _REMOVED_KEY: str(removed)})
-        if mode == "append" and not actions:
-            return 0
+        partition_by = list(spec.partition_by) or None
         try:
             if mode == "replace_partition":
                 filters = [(c, "=", v) for c, v in (fixed or {}).items()]
-                dt_.create_write_transaction(actions, "overwrite", spec.schema, list(spec.partition_by), filters,
-                                             commit_properties=commit)
-            elif mode == "overwrite":
-                dt_.create_write_transaction(actions, "overwrite", spec.schema, list(spec.partition_by) or None,
+                dt_.create_write_transaction(actions, "overwrite", spec.schema, partition_by, filters,
                                              commit_properties=commit)
             else:
-                dt_.create_write_transaction(actions, "append", spec.schema, list(spec.partition_by) or None,
-                                             commit_properties=commit)
+                dt_.create_write_transaction(actions, "overwrite" if mode == "overwrite" else "append", spec.schema,
+                                             partition_by, commit_properties=commit)
         except CommitFailedError as exc:
-            for action in actions:  # the loser's files: never committed, never read
+            for action in actions:
                 storage.delete(f"{self.uri(name)}/{_unquote(action.path)}")
             raise self._conflict(name, exc, fixed) from None
-        self._committed(name, self._find_own_commit(name), rows)
-        log.info("%s: committed %d rows in %d files (%s)", name, rows, len(actions), mode)
-        return rows
 
     @staticmethod
     def _spark_files_local(df, spec: Table, table_uri: str, fixed: Mapping[str, str] | None) -> tuple[list, int]:

@@ -31,6 +31,8 @@ from coldstart.config import Settings
 
 log = logging.getLogger("coldstart.night")
 
+# The stages of a night in order (coldstart.pipeline.STAGES is this tuple): a stage reads the state the
+# stages before it left.
 STAGE_ORDER = ("ingest", "embed", "train", "score", "evaluate")
 # Current-state tables (one row per entity, merged night after night) and the stage whose run on
 # night D leaves the state the rest of night D must read.

@@ -10,11 +10,12 @@ import time
 from typing import Iterable
 
 from coldstart.config import Settings
+from coldstart.night import STAGE_ORDER
 from coldstart.results import StageResult
 
 log = logging.getLogger("coldstart.pipeline")
 
-STAGES = ("ingest", "embed", "train", "score", "evaluate")
+STAGES = STAGE_ORDER  # the order of a night, defined once (coldstart.night)
 # Stages that run Spark jobs. The others read and write Delta through delta-rs; evaluate starts a
 # session itself only when the ALS baseline needs one.
 SPARK_STAGES = ("ingest", "embed", "score")

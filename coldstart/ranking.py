@@ -106,42 +106,22 @@ def top_k_scores(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[np.nda
     :func:`select_top_k` on each masked score tile (bench/score_speed.py times the previous selection).
     The products run on ``items.device``; on a GPU (TF32 products, tiles of up to DEVICE_TILE_BYTES)
     scores can differ from the CPU's in the last bits, and so can the order of near-equal items."""
-    import torch
-
     if items.device.type != "cpu":
         return _top_k_on_device(user_vecs, items, k, consumed, tile, select)
-    tile = int(tile or SCORE_TILE_USERS)
-    user_vecs = torch.as_tensor(user_vecs, dtype=torch.float32)
-    n = user_vecs.shape[0]
-    if len(consumed) != n:
-        raise ValueError(f"consumed has {len(consumed)} rows for {n} users")
-    k = min(k, items.n_items)
-    values = np.empty((n, k), dtype=np.float32)
-    positions = np.empty((n, k), dtype=np.int64)
-    if n == 0 or k == 0:
-        return values, positions
-    buffer = torch.empty(min(tile, n), items.width)
-    augmented_rows = torch.ones(min(tile, n), user_vecs.shape[1] + 1)
-    for start in range(0, n, tile):
-        rows = augmented_rows[:min(tile, n - start)]
-        rows[:, :-1] = user_vecs[start:start + tile]
-        scores = torch.mm(rows, items.augmented, out=buffer[:rows.shape[0]])
-        # Masking in numpy: a few thousand writes, not worth torch's thread hand-off.
-        masked = scores.numpy()
-        masked[:, items.n_items:] = -np.inf  # padding columns (fewer than TOPK_GROUP)
-        tile_consumed = consumed[start:start + tile]
-        lengths = [len(c) for c in tile_consumed]
-        if sum(lengths):
-            masked[np.repeat(np.arange(len(lengths)), lengths), np.concatenate(tile_consumed).astype(np.int64)] = -np.inf
-        top_values, top_columns = (select or select_top_k)(scores, k)
-        values[start:start + rows.shape[0]] = top_values.numpy()
-        positions[start:start + rows.shape[0]] = top_columns.numpy()
-    return values, positions
+    return _top_k_tiles(user_vecs, items, k, consumed, int(tile or SCORE_TILE_USERS), select, _mask_on_host)
 
 
 def _top_k_on_device(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[np.ndarray], tile: int | None,
                      select) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`top_k_scores` on a GPU: the same steps with torch on the device, wide tiles, TF32 products."""
+    """:func:`top_k_scores` on a GPU: the same steps with torch masking on the device, wide tiles, TF32 products."""
+    tile = int(tile or max(SCORE_TILE_USERS, DEVICE_TILE_BYTES // (4 * items.width)))
+    return _top_k_tiles(user_vecs, items, k, consumed, tile, select, _mask_on_device)
+
+
+def _top_k_tiles(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[np.ndarray], tile: int, select,
+                 mask) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's loop: per tile of rows, one product on ``items.device``, ``mask`` (padding and consumed
+    items to -inf), the top-k selection."""
     import torch
 
     from coldstart.devices import fast_matmul
@@ -156,26 +136,47 @@ def _top_k_on_device(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[np
     positions = np.empty((n, k), dtype=np.int64)
     if n == 0 or k == 0:
         return values, positions
-    tile = int(tile or max(SCORE_TILE_USERS, DEVICE_TILE_BYTES // (4 * items.width)))
     buffer = torch.empty(min(tile, n), items.width, device=device)
     augmented_rows = torch.ones(min(tile, n), user_vecs.shape[1] + 1, device=device)
-    neg_inf = torch.tensor(float("-inf"), device=device)
     with fast_matmul(device.type):
         for start in range(0, n, tile):
             rows = augmented_rows[:min(tile, n - start)]
             rows[:, :-1] = user_vecs[start:start + tile].to(device, non_blocking=True)
             scores = torch.mm(rows, items.augmented, out=buffer[:rows.shape[0]])
-            scores[:, items.n_items:] = neg_inf
-            tile_consumed = consumed[start:start + tile]
-            lengths = [len(c) for c in tile_consumed]
-            if sum(lengths):
-                row_idx = torch.from_numpy(np.repeat(np.arange(len(lengths)), lengths)).to(device)
-                col_idx = torch.from_numpy(np.concatenate(tile_consumed).astype(np.int64)).to(device)
-                scores.index_put_((row_idx, col_idx), neg_inf)
+            mask(scores, items.n_items, consumed[start:start + tile])
             top_values, top_columns = (select or select_top_k)(scores, k)
             values[start:start + rows.shape[0]] = top_values.cpu().numpy()
             positions[start:start + rows.shape[0]] = top_columns.cpu().numpy()
     return values, positions
+
+
+def _consumed_cells(tile_consumed: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(rows, columns) of a tile's consumed items, or None when the tile's users consumed none."""
+    lengths = [len(c) for c in tile_consumed]
+    if not sum(lengths):
+        return None
+    return np.repeat(np.arange(len(lengths)), lengths), np.concatenate(tile_consumed).astype(np.int64)
+
+
+def _mask_on_host(scores, n_items: int, tile_consumed: Sequence[np.ndarray]) -> None:
+    """-inf on the padding columns (fewer than TOPK_GROUP) and the consumed items, in numpy: a few thousand
+    writes, not worth torch's thread hand-off."""
+    masked = scores.numpy()
+    masked[:, n_items:] = -np.inf
+    cells = _consumed_cells(tile_consumed)
+    if cells is not None:
+        masked[cells] = -np.inf
+
+
+def _mask_on_device(scores, n_items: int, tile_consumed: Sequence[np.ndarray]) -> None:
+    """:func:`_mask_on_host` with torch on the scores' device (no copy of the tile to the host)."""
+    import torch
+
+    neg_inf = torch.tensor(float("-inf"), device=scores.device)
+    scores[:, n_items:] = neg_inf
+    cells = _consumed_cells(tile_consumed)
+    if cells is not None:
+        scores.index_put_(tuple(torch.from_numpy(c).to(scores.device) for c in cells), neg_inf)
 
 
 def popular_in_scene(pop: pd.DataFrame, scene: str) -> pd.Series:

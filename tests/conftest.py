@@ -189,12 +189,18 @@ def s3_endpoint(session_dir):
                               allow_bucket_creation=True).create_dir(S3_BUCKET)
             yield endpoint
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
         log_file.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 20 s; reaped either way."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def moto_enforce_auth(endpoint: str, on: bool) -> None:
@@ -250,12 +256,7 @@ def spark_cluster(session_dir):
         yield url
     finally:
         for proc, out in reversed(procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
             out.close()
 
 

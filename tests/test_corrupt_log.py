@@ -34,35 +34,37 @@ def cut_at_line(path: Path, keep: int = 1) -> None:
     path.write_bytes(b"\n".join(lines[:keep]) + b"\n")
 
 
+@pytest.fixture
+def lake(tmp_path) -> Lake:
+    """A lake with three nights of interactions (versions 1-3 of its log)."""
+    lake = Lake(str(tmp_path / "lake"))
+    three_days(lake)
+    return lake
+
+
 def three_days(lake: Lake) -> None:
     write_events(lake, [("u1", "i1", "home", D1), ("u2", "i1", "home", D1)])
     write_events(lake, [("u1", "i2", "home", D2)])
     write_events(lake, [("u1", "i3", "home", D3)])
 
 
-def test_intact_tables_pass_and_missing_ones_are_skipped(tmp_path):
-    lake = Lake(str(tmp_path / "lake"))
-    three_days(lake)
+def test_intact_tables_pass_and_missing_ones_are_skipped(lake):
     write_items(lake, [{"item_id": "i1", "first_seen": D1}])
     write_items(lake, [{"item_id": "i1", "first_seen": D1, "title": "t"}, {"item_id": "i2", "first_seen": D1}])
     assert lake.check_tables(["interactions", "items", "users"]) == {"interactions": 3, "items": 2}
 
 
-def test_truncated_newest_commit_names_table_and_version(tmp_path):
-    lake = Lake(str(tmp_path / "lake"))
-    three_days(lake)
+def test_truncated_newest_commit_names_table_and_version(lake):
     cut_mid_line(commit_file(lake, "interactions", 3))
     with pytest.raises(CorruptTableError, match=r"table interactions: version 3 of its Delta log is damaged: "
                                                 r"line 2 is not JSON.*roll the table back to version 2"):
         lake.check_log("interactions")
 
 
-def test_commit_cut_at_a_line_boundary_is_found(tmp_path):
+def test_commit_cut_at_a_line_boundary_is_found(lake):
     """Cut after its commitInfo line, the commit still loads in delta-rs, without its partition."""
     from deltalake import DeltaTable
 
-    lake = Lake(str(tmp_path / "lake"))
-    three_days(lake)
     cut_at_line(commit_file(lake, "interactions", 3))
     assert DeltaTable(lake.uri("interactions")).to_pyarrow_table().num_rows == 3  # D3's row silently gone
     with pytest.raises(CorruptTableError, match=r"table interactions: version 3 .* counts 1 add action\(s\) "
@@ -70,9 +72,7 @@ def test_commit_cut_at_a_line_boundary_is_found(tmp_path):
         lake.check_log("interactions")
 
 
-def test_a_missing_or_empty_commit_in_the_middle_is_found(tmp_path):
-    lake = Lake(str(tmp_path / "lake"))
-    three_days(lake)
+def test_a_missing_or_empty_commit_in_the_middle_is_found(lake):
     commit_file(lake, "interactions", 2).write_bytes(b"")
     with pytest.raises(CorruptTableError, match="version 2 .* the commit is empty"):
         lake.check_log("interactions")
@@ -81,11 +81,9 @@ def test_a_missing_or_empty_commit_in_the_middle_is_found(tmp_path):
         lake.check_log("interactions")
 
 
-def test_spark_commits_record_their_file_counts(spark, tmp_path):
+def test_spark_commits_record_their_file_counts(spark, lake):
     """Lake.write_spark builds its own transactions (no delta-rs metrics): the counts it records let the
     check find a cut there too, and an intact one passes."""
-    lake = Lake(str(tmp_path / "lake"))
-    three_days(lake)
     df = spark.createDataFrame(lake.read_arrow("interactions").to_pandas())
     lake.write_spark(df.filter(f"run_date = '{D1}'"), "interactions", "replace_partition", {"run_date": D1})
     lake.write_spark(df.filter(f"run_date = '{D2}'").limit(0), "interactions", "replace_partition", {"run_date": D2})

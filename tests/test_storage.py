@@ -107,7 +107,8 @@ if len(sys.argv) > 4:
     time.sleep(max(0.0, float(sys.argv[4]) - time.time()))  # both processes start their write together
 if mode == "append":  # delta-rs's own append: what is under test is the store's conditional writes
     from deltalake import write_deltalake
-    write_deltalake(lake.uri("quarantine"), rows, mode="append", storage_options=lake.storage_options)
+    write_deltalake(lake.uri("quarantine"), lake.conform("quarantine", rows), mode="append",
+                    storage_options=lake.storage_options)
 else:
     lake.replace_partition("quarantine", rows, run_date=dt.date(2024, 1, 1))
 print("committed", who)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Iterator
+
 import numpy as np
 import pandas as pd
 import torch
@@ -31,30 +33,24 @@ def user_vectors(ckpt: Checkpoint, user_ids, scenes, user_content, history: pd.D
         scene_arr = idmap.str_array(scenes)
     if len(scene_arr) != len(users):
         raise ValueError("scenes must be one string or one per user")
-    model = ckpt.model
-    model.eval()
-    content_dim = int(ckpt.config["content_dim"])
-    user_map = content_mapping(user_content)
-    id_dim = int(ckpt.config["id_dim"])
-    out = np.zeros((len(users), int(ckpt.config["dim"]) + id_dim), dtype=np.float32)
+    model, id_dim = ckpt.model, int(ckpt.config["id_dim"])
+    out = _tower_output(ckpt, len(users))
     uniq_users, user_rows = np.unique(users, return_inverse=True)
     bags = None
     if history is not None and len(history):
-        rows = idmap.positions(idmap.id_column(history["user_id"]), {u: n for n, u in enumerate(uniq_users)})
-        bags = HistoryBags.build(rows, idmap.positions(idmap.id_column(history["item_id"]), ckpt.item_index), len(uniq_users))
+        bag_rows = idmap.positions(idmap.id_column(history["user_id"]), {u: n for n, u in enumerate(uniq_users)})
+        bags = HistoryBags.build(bag_rows, idmap.positions(idmap.id_column(history["item_id"]), ckpt.item_index), len(uniq_users))
     with torch.no_grad():
-        for start in range(0, len(users), INFERENCE_BLOCK):
-            part = users[start:start + INFERENCE_BLOCK]
-            content = torch.from_numpy(content_matrix(part, user_map, content_dim)[0])
+        for rows, part, content in _blocks(ckpt, users, user_content):
             ui = torch.from_numpy(idmap.positions(part, ckpt.user_index))
-            si = torch.from_numpy(idmap.positions(scene_arr[start:start + INFERENCE_BLOCK], ckpt.scene_index))
+            si = torch.from_numpy(idmap.positions(scene_arr[rows], ckpt.scene_index))
             pooled = None
             if bags is not None:
-                sums, counts = model.history_sums(bags, torch.from_numpy(user_rows[start:start + len(part)].astype(np.int64)))
+                sums, counts = model.history_sums(bags, torch.from_numpy(user_rows[rows].astype(np.int64)))
                 pooled = sums / counts.clamp(min=1.0).unsqueeze(1)
-            out[start:start + len(part), :-id_dim] = model.user_vec(ui, content, si, history=pooled).numpy()
+            out[rows, :-id_dim] = model.user_vec(ui, content, si, history=pooled).numpy()
             if pooled is not None:
-                out[start:start + len(part), -id_dim:] = pooled.numpy()
+                out[rows, -id_dim:] = pooled.numpy()
     return out
 
 
@@ -67,22 +63,16 @@ def item_vectors(ckpt: Checkpoint, item_ids, item_content, fresh=None, pop=None)
     the items' state on the day the scores are for; the bias then includes the item-state term.
     """
     items = idmap.str_array(item_ids)
-    model = ckpt.model
-    model.eval()
-    content_dim = int(ckpt.config["content_dim"])
-    item_map = content_mapping(item_content)
-    id_dim = int(ckpt.config["id_dim"])
-    vecs = np.zeros((len(items), int(ckpt.config["dim"]) + id_dim), dtype=np.float32)
+    model, id_dim = ckpt.model, int(ckpt.config["id_dim"])
+    vecs = _tower_output(ckpt, len(items))
     bias = np.zeros(len(items), dtype=np.float32)
     with torch.no_grad():
-        for start in range(0, len(items), INFERENCE_BLOCK):
-            part = items[start:start + INFERENCE_BLOCK]
-            content = torch.from_numpy(content_matrix(part, item_map, content_dim)[0])
+        for rows, part, content in _blocks(ckpt, items, item_content):
             ii = torch.from_numpy(idmap.positions(part, ckpt.item_index))
             v, b = model.item_vec(ii, content)
-            vecs[start:start + len(part), :-id_dim] = v.numpy()
-            vecs[start:start + len(part), -id_dim:] = model._lookup(model.item_target, ii, None).numpy()
-            bias[start:start + len(part)] = b.numpy()
+            vecs[rows, :-id_dim] = v.numpy()
+            vecs[rows, -id_dim:] = model._lookup(model.item_target, ii, None).numpy()
+            bias[rows] = b.numpy()
         if fresh is not None or pop is not None:
             fresh = torch.as_tensor(np.zeros(len(items), bool) if fresh is None else np.asarray(fresh, dtype=bool).reshape(-1))
             pop = torch.as_tensor(np.zeros(len(items), np.float32) if pop is None else np.asarray(pop, np.float32).reshape(-1))
@@ -90,3 +80,18 @@ def item_vectors(ckpt: Checkpoint, item_ids, item_content, fresh=None, pop=None)
                 raise ValueError("fresh and pop must have one value per item")
             bias += model.state_term(fresh, pop).numpy()
     return vecs, bias
+
+
+def _tower_output(ckpt: Checkpoint, n: int) -> np.ndarray:
+    """(n, dim + id_dim) float32 zeros for a tower's output and its FISM part (pooled history or target row);
+    the model is put in eval mode."""
+    ckpt.model.eval()
+    return np.zeros((n, int(ckpt.config["dim"]) + int(ckpt.config["id_dim"])), dtype=np.float32)
+
+
+def _blocks(ckpt: Checkpoint, ids: np.ndarray, content) -> Iterator[tuple[slice, np.ndarray, torch.Tensor]]:
+    """Per INFERENCE_BLOCK of ``ids``: its rows, its ids and their content matrix (zeros where missing)."""
+    mapping, dim = content_mapping(content), int(ckpt.config["content_dim"])
+    for start in range(0, len(ids), INFERENCE_BLOCK):
+        part = ids[start:start + INFERENCE_BLOCK]
+        yield slice(start, start + len(part)), part, torch.from_numpy(content_matrix(part, mapping, dim)[0])
