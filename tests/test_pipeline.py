@@ -120,3 +120,9 @@ def test_score_without_a_model_says_so(tiny_run, tmp_path):
     settings, plan, days, _ = tiny_run
     with pytest.raises(ModelMissingError, match="run train first"):
         score(None, settings, days[-1] + dt.timedelta(days=5))
+
+
+def test_run_days_rewrites_the_report_after_evaluate(tiny_run):
+    """evaluate writes no report; run_days (``coldstart run``) rewrites it once its nights are evaluated."""
+    settings, *_ = tiny_run
+    assert "<svg" in (Path(settings.reports) / "report.html").read_text()
