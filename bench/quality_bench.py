@@ -75,7 +75,10 @@ def land_world(world: str, settings: Settings, args) -> list[dt.date]:
                             days=args.synth_days + 1, new_users_per_day=args.media_new_users,
                             new_items_per_day=args.media_new_items, start=START)
     else:
-        cfg = preset_config("shop", days=args.synth_days + 1, start=START)
+        sizes = {name: getattr(args, f"shop_{name}") for name in
+                 ("users", "items", "events_per_day", "new_users_per_day", "new_items_per_day")}
+        cfg = preset_config("shop", days=args.synth_days + 1, start=START,
+                            **{k: v for k, v in sizes.items() if v is not None})
     return [dt.date.fromisoformat(day.date) for day in synth(settings.landing, cfg)]
 
 
@@ -152,7 +155,12 @@ def run_world(world: str, spark, args) -> dict:
             part = per_user_metrics(cold_only_lists(lists, t.prior_items), t)
             cold_frames.append(part[part["slice"] == "cold_only"].assign(method=method, run_date=day))
     seconds["baselines"] = time.perf_counter() - t0
-    return {"days": days, "evaluated": evaluated, "per_user": pd.concat(frames, ignore_index=True),
+    from coldstart.evaluate import quality_table
+
+    # what the pipeline's own evaluation tables say for the model (coldstart quality --skip-first)
+    official = quality_table(lake, k=K, skip_first=True, resamples=10)
+    official = official[official["method"] == "model"].set_index("slice")[f"recall@{K}"] if len(official) else None
+    return {"official": official, "days": days, "evaluated": evaluated, "per_user": pd.concat(frames, ignore_index=True),
             "cold_only": pd.concat(cold_frames, ignore_index=True), "tuned": tuned, "seconds": seconds,
             "wall": time.perf_counter() - started, "settings": settings, "had_new_list": bool(new)}
 
@@ -202,6 +210,14 @@ def world_report(world: str, res: dict, args) -> tuple[list[str], dict]:
 
     for m in methods:
         lines.append(f"| {'**model**' if m == 'model' else m} | " + " | ".join(cell(m, sl) for sl in SLICES) + " |")
+    official = res.get("official")
+    if official is not None:
+        lines += ["", "The pipeline's own evaluation tables (`coldstart quality --skip-first`, the evaluate stage's "
+                      "evaluation_users) for the model on this world: " + ", ".join(
+                          f"{sl} {official[sl]:.4f}" + (" (equal)" if ("model", sl, "recall", K) in table.index and
+                                                        abs(official[sl] - table.loc[("model", sl, "recall", K), "value"])
+                                                        < 5e-5 else " (DIFFERS from the bench)")
+                          for sl in SLICES if sl in official.index) + "."]
     lines += ["", f"### Paired bootstrap, model − baseline ({args.resamples} resamples of user-days, seed {args.seed}), "
                   "95 % interval", "", "| slice | baseline | user-days | model | baseline | model − baseline | 95 % interval |",
               "|---|---|---:|---:|---:|---:|---|"]
@@ -260,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--media-events", type=int, default=20000, help="events per day")
     parser.add_argument("--media-new-users", type=int, default=600, help="new users per day")
     parser.add_argument("--media-new-items", type=int, default=100, help="new items per day")
+    for name in ("users", "items", "events-per-day", "new-users-per-day", "new-items-per-day"):
+        parser.add_argument(f"--shop-{name}", type=int, default=None, help="shop world size (default: the preset's)")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="reuse the lakes an earlier run left under --work (its nights all done): tune and "
                              "evaluate only")

@@ -1,7 +1,7 @@
 """Train stage: warm start from the checkpoint of D-1 (that date, never "latest"), or full/cold.
 
 * warm: load D-1's model as registered (model_registry's checkpoint_uri, verified against its checksum), grow its id tables, fine-tune on day D (all of it but a
-  seeded 5 % held out for the validation metrics) plus a seeded, recency-weighted replay sample of
+  seeded quarter held out for the validation metrics and the blend of coldstart/model/blend.py) plus a seeded, recency-weighted replay sample of
   the week before it (``train_replay_sample`` events; the last days almost whole, older days thinly);
 * full (requested): from scratch on all history up to D;
 * cold: no usable checkpoint of D-1 (missing, or failing its checksum) - from scratch, logged, and

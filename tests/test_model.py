@@ -138,22 +138,37 @@ def test_scoring_is_the_trained_logit(ckpt, data, world):
     scenes = ["home", "search", "home"]
     items = ["t0-i01", "t2-i05"]
     history = pd.DataFrame({"user_id": ["t0-u00", "t0-u00", "nobody"], "item_id": ["t0-i02", "t0-i03", "t1-i04"]})
-    U = user_vectors(ckpt, users, scenes, data.user_content, history)
-    V, b = item_vectors(ckpt, items, world.item_content)
-    assert U.dtype == np.float32 and U.shape == (3, 32) and V.shape == (2, 32) and b.shape == (2,)  # [u; h], [v; q]
-    scores = U @ V.T + b
     model = ckpt.model
+    picked = model.blend.clone()
+    model.blend.copy_(torch.tensor([0.7, 0.3, 1.1, 0.5]))  # every closed-form term on, whatever the holdout picked
+    try:
+        U = user_vectors(ckpt, users, scenes, data.user_content, history)
+        V, b = item_vectors(ckpt, items, world.item_content)
+        _check_logits(ckpt, data, world, users, scenes, items, U, V, b)
+    finally:
+        model.blend.copy_(picked)
+
+
+def _check_logits(ckpt, data, world, users, scenes, items, U, V, b):
+    model = ckpt.model
+    width = sum(model.arch[k] for k in ("dim", "id_dim", "ii_rank", "content_rank"))  # [u; h; ii; content]
+    assert model.arch["ii_rank"] > 0 and model.arch["content_rank"] > 0 and model.ii_left.any()
+    assert U.dtype == np.float32 and U.shape == (3, width) and V.shape == (2, width) and b.shape == (2,)
+    scores = U @ V.T + b
     uc = torch.from_numpy(np.stack([data.user_content.get(u, np.zeros(CONTENT_DIM, np.float32)) for u in users]))
     ui = torch.tensor([ckpt.user_index.get(u, -1) for u in users])
     si = torch.tensor([ckpt.scene_index[s] for s in scenes])
     hist_rows = model.item_hist.weight.detach()
     pooled = torch.stack([hist_rows[[ckpt.item_index["t0-i02"], ckpt.item_index["t0-i03"]]].mean(0),
                           torch.zeros(16), hist_rows[ckpt.item_index["t1-i04"]]])
+    left = model.ii_left
+    ii_sum = torch.stack([left[[ckpt.item_index["t0-i02"], ckpt.item_index["t0-i03"]]].sum(0),
+                          torch.zeros(left.shape[1]), left[ckpt.item_index["t1-i04"]]])
     for j, item in enumerate(items):
         ii = torch.full((3,), ckpt.item_index[item])
         ic = torch.from_numpy(np.stack([world.item_content[item]] * 3))
         with torch.no_grad():
-            logit, _ = model(ui, uc, si, ii, ic, pooled)
+            logit, _ = model(ui, uc, si, ii, ic, pooled, ii_sum)
         np.testing.assert_allclose(scores[:, j], logit.numpy(), rtol=1e-4, atol=1e-4)
 
 
@@ -206,6 +221,8 @@ def test_grow_keeps_old_rows_bit_for_bit(ckpt, world):
     assert after["user_id.weight"].shape[0] == nu + 2 and not after["user_id.weight"][nu:].any()
     assert not after["item_id.weight"][ni:].any() and not after["item_id_bias.weight"][ni:].any()
     assert not after["item_hist.weight"][ni:].any() and not after["item_target.weight"][ni:].any()
+    for k in ("ii_left", "ii_right"):  # the closed-form item-to-item factors: old rows kept, new rows zero
+        assert torch.equal(after[k][:ni], before[k]) and not after[k][ni:].any()
     mean_scene = before["scene.weight"].mean(0)
     for row in after["scene.weight"][ns:]:
         assert torch.equal(row, mean_scene)
@@ -215,7 +232,7 @@ def test_grow_keeps_old_rows_bit_for_bit(ckpt, world):
     assert all(grown.user_index[k] == v for k, v in ckpt.user_index.items())
     for k, v in before.items():
         if k not in ("user_id.weight", "item_id.weight", "item_id_bias.weight", "item_hist.weight", "item_target.weight",
-                     "scene.weight"):
+                     "scene.weight", "ii_left", "ii_right"):
             assert torch.equal(after[k], v), k
     # a grown item (zero id row) scores exactly like an unknown one (content only)
     content = {"new-item": world.content(2)}
@@ -371,6 +388,21 @@ def test_dataframe_content_and_zero_epochs(world, ckpt):
 
 # ---------------------------------------------------------------------------------------------
 # pooled history (item_hist) and freshness
+def test_the_item_to_item_term_is_picked_on_the_held_out_rows():
+    """Towers that barely trained (one epoch at a tiny rate) cannot know the pairs; the closed-form EASE term
+    can, the held-out rows show it, so its weight is picked above 0 and strangers get b_k after a_k. (40 pairs:
+    the held-out Recall@20 must have more than 20 candidates to tell anything.)"""
+    pairs = 40
+    data, content = _pairs_world(pairs)
+    ckpt = train(data, _settings(train_epochs_full=1, train_learning_rate=1e-6, train_id_learning_rate=1e-6))
+    chosen = ckpt.metrics["blend"]
+    assert chosen["ii"] > 0 and float(ckpt.model.blend[0]) == pytest.approx(chosen["ii"])
+    assert chosen["recall"] > chosen["recall_tower"]
+    assert _pair_hits(ckpt, content, pairs) >= pairs - 2
+    ckpt.model.blend.zero_()  # the same model without the term: the towers alone do not find the pairs
+    assert _pair_hits(ckpt, content, pairs) <= pairs // 4
+
+
 def test_history_bags_select_and_leave_one_out_membership():
     from coldstart.model import HistoryBags as _Bags
 
@@ -380,27 +412,37 @@ def test_history_bags_select_and_leave_one_out_membership():
     assert bags.contains(np.array([0, 0, 1, 2, 2]), np.array([3, 1, 1, 1, -1])).tolist() == [True, False, False, True, False]
 
 
-def test_pooled_history_recommends_what_follows_a_users_items():
-    """Items come in pairs (a_k, b_k) with uninformative content: whoever took a_k also took b_k. A user the
-    model has never seen, with a_k in their history, must get b_k first: only the pooled history knows."""
+def _pairs_world(pairs: int = 12):
+    """Items in pairs (a_k, b_k) with uninformative content; whoever took a_k also took b_k."""
     rng = np.random.default_rng(3)
-    pairs = 12
     content = {f"{side}{k}": _unit(rng.normal(size=CONTENT_DIM)) for k in range(pairs) for side in "ab"}
     users, items = [], []
-    for n in range(240):
+    for n in range(20 * pairs):
         k = n % pairs
         users += [f"u{n}", f"u{n}"]
         items += [f"a{k}", f"b{k}"]
     u, i = np.array(users, dtype=object), np.array(items, dtype=object)
-    data = TrainingData(u, i, np.array(["home"] * len(u), dtype=object), None, content, {})
-    ckpt = train(data, _settings(train_epochs_full=30, train_id_dropout=0.0, train_learning_rate=0.03))
-    candidates = [f"b{k}" for k in range(pairs)]
-    V, bias = item_vectors(ckpt, candidates, content)
+    return TrainingData(u, i, np.array(["home"] * len(u), dtype=object), None, content, {}), content
+
+
+def _pair_hits(ckpt, content, pairs: int = 12) -> int:
+    """How many strangers with a_k in their history get b_k first among the b items."""
+    V, bias = item_vectors(ckpt, [f"b{k}" for k in range(pairs)], content)
     hits = 0
     for k in range(pairs):
-        history = pd.DataFrame({"user_id": ["stranger"], "item_id": [f"a{k}"]})
-        U = user_vectors(ckpt, ["stranger"], "home", {}, history)
+        U = user_vectors(ckpt, ["stranger"], "home", {}, pd.DataFrame({"user_id": ["stranger"], "item_id": [f"a{k}"]}))
         hits += int(np.argmax(U[0] @ V.T + bias) == k)
+    return hits
+
+
+def test_pooled_history_recommends_what_follows_a_users_items():
+    """A user the model has never seen, with a_k in their history, must get b_k first: only the pooled
+    history knows (the closed-form item-to-item term held off, so the trained tables must learn it)."""
+    pairs = 12
+    data, content = _pairs_world(pairs)
+    ckpt = train(data, _settings(train_epochs_full=30, train_id_dropout=0.0, train_learning_rate=0.03))
+    ckpt.model.blend.zero_()
+    hits = _pair_hits(ckpt, content, pairs)
     assert hits >= pairs - 2, hits
     # without the history the stranger has nothing to go on: one vector for every k
     assert np.allclose(user_vectors(ckpt, ["stranger"], "home", {}), user_vectors(ckpt, ["stranger"], "home", {}, None))

@@ -71,7 +71,7 @@ def test_warm_holdout_is_a_seeded_few_percent_of_todays_events_only():
     mask = _holdout_of_today(300, 200, 7, day)
     assert mask is not None and len(mask) == 500
     assert not mask[:300].any()  # the replay rows come first and are all trained on
-    assert mask.sum() == round(VALIDATION_FRACTION * 200) == 10
+    assert mask.sum() == round(VALIDATION_FRACTION * 200) == 50
     assert np.array_equal(mask, _holdout_of_today(300, 200, 7, day))  # seeded
     assert not np.array_equal(mask, _holdout_of_today(300, 200, 7, day + dt.timedelta(days=1)))  # by night
     assert _holdout_of_today(300, VALIDATION_MIN_EVENTS - 1, 7, day) is None  # too few to split
@@ -88,7 +88,7 @@ def test_warm_night_trains_on_todays_events(tiny_run):
     today = len(lake.read_pandas("interactions", columns=["event_id"], filters=[("run_date", "=", warm["run_date"])]))
     assert warm["run_date"] - dt.timedelta(days=1) == registry.iloc[-2]["run_date"]
     # a replay sample of earlier nights beside today's events, and only a few percent of today's events held
-    # out (the default split would take 5 % of all the events, the replayed ones too)
+    # out (the default split would take a quarter of all the events, the replayed ones too)
     assert metrics["events"] > today >= 50
     assert metrics["n_val"] == round(VALIDATION_FRACTION * today)
     assert metrics["n_train"] == metrics["events"] - metrics["n_val"]

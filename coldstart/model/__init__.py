@@ -2,7 +2,9 @@
 
 ``P(interact | user X, item Y, scene Z) = sigma(<u(X, Z), v(Y)> + <h(X), q(Y)> + b(Y))``: the user tower
 ``u`` and the item tower ``v``, the FISM term ``<h(X), q(Y)>`` (the pooled history embedding against the
-item's target row) and the item bias ``b(Y)`` with its day-dependent state (fresh, recent popularity).
+item's target row), the item bias ``b(Y)`` with its day-dependent state (fresh, recent popularity), and two
+closed-form terms refitted every night with weights picked on held-out rows: item-to-item (EASE at low rank,
+a fresh item's factors from its content) and content similarity (:mod:`coldstart.model.blend`).
 Scoring is therefore one matrix product of :func:`user_vectors` and :func:`item_vectors`. Id rows are
 dropped out in training (DropoutNet), so an entity without one is represented by its content; a warm
 start grows yesterday's id tables (:func:`grow`) and fine-tunes. The design, the losses and the

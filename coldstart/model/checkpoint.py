@@ -32,7 +32,7 @@ from coldstart.model.network import InterestModel, build_model
 
 log = logging.getLogger("coldstart.model")
 
-FORMAT_VERSION = 2  # 2: item state (fresh_bias, pop_weight), item_hist
+FORMAT_VERSION = 3  # 2: item state (fresh_bias, pop_weight), item_hist; 3: the closed-form terms (model/blend.py)
 _FILES = ("model.pt", "ids.json", "config.json", "metrics.json")
 _MANIFEST = "MANIFEST.json"
 
@@ -245,6 +245,8 @@ def grow(ckpt: Checkpoint, user_ids, item_ids, scenes) -> Checkpoint:
         state["item_id_bias.weight"] = extended(state["item_id_bias.weight"], len(new_items))
         state["item_hist.weight"] = extended(state["item_hist.weight"], len(new_items))
         state["item_target.weight"] = extended(state["item_target.weight"], len(new_items))
+        state["ii_left"] = extended(state["ii_left"], len(new_items))  # refitted by the next train
+        state["ii_right"] = extended(state["ii_right"], len(new_items))
         scenes_w = state["scene.weight"]
         mean = scenes_w.mean(0) if scenes_w.shape[0] else None
         state["scene.weight"] = extended(scenes_w, len(new_scenes), mean)

@@ -33,7 +33,8 @@ def user_vectors(ckpt: Checkpoint, user_ids, scenes, user_content, history: pd.D
         scene_arr = idmap.str_array(scenes)
     if len(scene_arr) != len(users):
         raise ValueError("scenes must be one string or one per user")
-    model, id_dim = ckpt.model, int(ckpt.config["id_dim"])
+    model = ckpt.model
+    dim, id_dim, ii_rank, _ = _widths(ckpt)
     out = _tower_output(ckpt, len(users))
     uniq_users, user_rows = np.unique(users, return_inverse=True)
     bags = None
@@ -48,9 +49,13 @@ def user_vectors(ckpt: Checkpoint, user_ids, scenes, user_content, history: pd.D
             if bags is not None:
                 sums, counts = model.history_sums(bags, torch.from_numpy(user_rows[rows].astype(np.int64)))
                 pooled = sums / counts.clamp(min=1.0).unsqueeze(1)
-            out[rows, :-id_dim] = model.user_vec(ui, content, si, history=pooled).numpy()
-            if pooled is not None:
-                out[rows, -id_dim:] = pooled.numpy()
+            block = out[rows]  # a view: slices of a numpy array
+            block[:, :dim] = model.user_vec(ui, content, si, history=pooled).numpy()
+            if bags is not None and pooled is not None:
+                block[:, dim:dim + id_dim] = pooled.numpy()
+                bag_rows_block = torch.from_numpy(user_rows[rows].astype(np.int64))
+                block[:, dim + id_dim:dim + id_dim + ii_rank] = model.ii_sums(bags, bag_rows_block).numpy()
+            block[:, dim + id_dim + ii_rank:] = model.content_projection(content).numpy()
     return out
 
 
@@ -63,30 +68,45 @@ def item_vectors(ckpt: Checkpoint, item_ids, item_content, fresh=None, pop=None)
     the items' state on the day the scores are for; the bias then includes the item-state term.
     """
     items = idmap.str_array(item_ids)
-    model, id_dim = ckpt.model, int(ckpt.config["id_dim"])
+    model = ckpt.model
+    dim, id_dim, ii_rank, _ = _widths(ckpt)
     vecs = _tower_output(ckpt, len(items))
     bias = np.zeros(len(items), dtype=np.float32)
+    fresh_arr = np.zeros(len(items), bool) if fresh is None else np.asarray(fresh, dtype=bool).reshape(-1)
+    if len(fresh_arr) != len(items):
+        raise ValueError("fresh and pop must have one value per item")
     with torch.no_grad():
         for rows, part, content in _blocks(ckpt, items, item_content):
             ii = torch.from_numpy(idmap.positions(part, ckpt.item_index))
             v, b = model.item_vec(ii, content)
-            vecs[rows, :-id_dim] = v.numpy()
-            vecs[rows, -id_dim:] = model._lookup(model.item_target, ii, None).numpy()
+            block = vecs[rows]
+            block[:, :dim] = v.numpy()
+            block[:, dim:dim + id_dim] = model._lookup(model.item_target, ii, None).numpy()
+            fresh_part = torch.from_numpy(fresh_arr[rows])
+            block[:, dim + id_dim:dim + id_dim + ii_rank] = model.ii_item(ii, content, fresh_part).numpy()
+            # the content term's weight: one for items with interactions, another for fresh ones
+            weight = torch.where(fresh_part, model.blend[2], model.blend[1])
+            block[:, dim + id_dim + ii_rank:] = (model.content_projection(content) * weight.unsqueeze(1)).numpy()
             bias[rows] = b.numpy()
         if fresh is not None or pop is not None:
-            fresh = torch.as_tensor(np.zeros(len(items), bool) if fresh is None else np.asarray(fresh, dtype=bool).reshape(-1))
             pop = torch.as_tensor(np.zeros(len(items), np.float32) if pop is None else np.asarray(pop, np.float32).reshape(-1))
-            if len(fresh) != len(items) or len(pop) != len(items):
+            if len(pop) != len(items):
                 raise ValueError("fresh and pop must have one value per item")
-            bias += model.state_term(fresh, pop).numpy()
+            bias += model.state_term(torch.from_numpy(fresh_arr), pop).numpy()
     return vecs, bias
 
 
+def _widths(ckpt: Checkpoint) -> tuple[int, int, int, int]:
+    """(tower, FISM, item-to-item, content) widths of the scored vectors, in that order."""
+    arch = ckpt.model.arch
+    return int(arch["dim"]), int(arch["id_dim"]), int(arch["ii_rank"]), int(arch["content_rank"])
+
+
 def _tower_output(ckpt: Checkpoint, n: int) -> np.ndarray:
-    """(n, dim + id_dim) float32 zeros for a tower's output and its FISM part (pooled history or target row);
-    the model is put in eval mode."""
+    """(n, width) float32 zeros for a side's scored vectors: tower output, FISM part (pooled history or
+    target row), item-to-item part, content part (:func:`_widths`); the model is put in eval mode."""
     ckpt.model.eval()
-    return np.zeros((n, int(ckpt.config["dim"]) + int(ckpt.config["id_dim"])), dtype=np.float32)
+    return np.zeros((n, sum(_widths(ckpt))), dtype=np.float32)
 
 
 def _blocks(ckpt: Checkpoint, ids: np.ndarray, content) -> Iterator[tuple[slice, np.ndarray, torch.Tensor]]:

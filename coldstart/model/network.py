@@ -22,16 +22,23 @@ def scene_dim_for(dim: int) -> int:
 class InterestModel(nn.Module):
     """Two towers with id tables; see the module doc. Index ``-1`` means "no id row" everywhere."""
 
-    rating_mean: torch.Tensor  # a buffer (register_buffer), typed for mypy
+    rating_mean: torch.Tensor  # buffers (register_buffer), typed for mypy
+    ii_left: torch.Tensor
+    ii_right: torch.Tensor
+    ii_content: torch.Tensor
+    content_basis: torch.Tensor
+    blend: torch.Tensor
 
     def __init__(self, n_users: int, n_items: int, n_scenes: int, content_dim: int = DEFAULT_CONTENT_DIM,
                  dim: int = 64, id_dim: int | None = None, scene_dim: int | None = None,
-                 hidden: int | None = None) -> None:
+                 hidden: int | None = None, ii_rank: int = 0, content_rank: int = 0) -> None:
         super().__init__()
         id_dim = id_dim or dim
         scene_dim = scene_dim or scene_dim_for(dim)
         hidden = hidden or 2 * dim
-        self.arch = dict(content_dim=content_dim, dim=dim, id_dim=id_dim, scene_dim=scene_dim, hidden=hidden)
+        content_rank = min(content_rank, content_dim)
+        self.arch = dict(content_dim=content_dim, dim=dim, id_dim=id_dim, scene_dim=scene_dim, hidden=hidden,
+                         ii_rank=ii_rank, content_rank=content_rank)
         # id tables: sparse gradients, so rows of entities absent from a batch are never touched
         self.user_id = nn.Embedding(n_users, id_dim, sparse=True)
         self.item_id = nn.Embedding(n_items, id_dim, sparse=True)
@@ -54,6 +61,14 @@ class InterestModel(nn.Module):
         self.rating_a = nn.Parameter(torch.zeros(()))
         self.rating_c = nn.Parameter(torch.zeros(()))
         self.register_buffer("rating_mean", torch.zeros(()))
+        # the closed-form terms (coldstart/model/blend.py): not trained by gradient, refitted every night
+        self.register_buffer("ii_left", torch.zeros(n_items, ii_rank))
+        self.register_buffer("ii_right", torch.zeros(n_items, ii_rank))
+        self.register_buffer("ii_content", torch.zeros(content_dim, ii_rank))  # content -> ii_right (a cold item's)
+        self.register_buffer("content_basis", torch.zeros(content_dim, content_rank))
+        # weights: item-to-item (item with interactions), content (such an item), content (fresh item),
+        # item-to-item (fresh item, through ii_content)
+        self.register_buffer("blend", torch.zeros(4))
 
     # -- parts -----------------------------------------------------------------------------
     @staticmethod
@@ -87,6 +102,24 @@ class InterestModel(nn.Module):
         sums = F.embedding_bag(flat.to(device), self.item_hist.weight, offsets.to(device), mode="sum", sparse=True)
         return sums[inverse], counts[inverse].float()
 
+    def ii_sums(self, bags: "HistoryBags", rows: torch.Tensor) -> torch.Tensor:
+        """Sum of ``ii_left`` rows over the bags of ``rows`` (the user part of the item-to-item term)."""
+        flat, offsets, _ = bags.select(rows.cpu())
+        if self.ii_left.shape[1] == 0 or len(flat) == 0:
+            return torch.zeros(len(rows), self.ii_left.shape[1], device=self.ii_left.device)
+        return F.embedding_bag(flat.to(self.ii_left.device), self.ii_left, offsets.to(self.ii_left.device), mode="sum")
+
+    def ii_item(self, item_idx: torch.Tensor, content: torch.Tensor, fresh: torch.Tensor) -> torch.Tensor:
+        """The item part of the item-to-item term, its weight included: ``ii_right`` for an item with
+        interactions, the content's image under ``ii_content`` for a fresh one (it has no co-consumption yet)."""
+        right = torch.where((item_idx >= 0).unsqueeze(1), self.ii_right[item_idx.clamp(min=0)], torch.zeros(()))
+        from_content = (content / content.norm(dim=1, keepdim=True).clamp(min=1e-12)) @ self.ii_content
+        return torch.where(fresh.unsqueeze(1), self.blend[3] * from_content, self.blend[0] * right)
+
+    def content_projection(self, content: torch.Tensor) -> torch.Tensor:
+        """Unit content rows on the kept content directions (both sides of the content term)."""
+        return (content / content.norm(dim=1, keepdim=True).clamp(min=1e-12)) @ self.content_basis
+
     def user_vec(self, user_idx: torch.Tensor, content: torch.Tensor, scene_idx: torch.Tensor,
                  keep: torch.Tensor | None = None, history: torch.Tensor | None = None) -> torch.Tensor:
         """``history``: the pooled history embedding per row (zeros when None)."""
@@ -115,20 +148,31 @@ class InterestModel(nn.Module):
     def rating(self, u: torch.Tensor, v: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.rating_mean + self.rating_c + (u * v) @ self.rating_w + self.rating_a * b
 
-    def forward(self, user_idx, user_content, scene_idx, item_idx, item_content, history=None):
+    def forward(self, user_idx, user_content, scene_idx, item_idx, item_content, history=None, ii_history=None,
+                fresh=None):
         """Per-pair (interact logit, predicted rating) with no id dropout; ``history``: the pooled history
-        embedding per row (zeros when None), which also meets the item's target row (the FISM term)."""
+        embedding per row (zeros when None), which also meets the item's target row (the FISM term);
+        ``ii_history``: the sum of ``ii_left`` rows over the user's recent items (the item-to-item term;
+        none when None); ``fresh`` (bool per row): the item had no interaction yet (the content term's
+        weight for it). The closed-form terms are those of coldstart/model/blend.py; this is the logit
+        that scoring computes as a product of user_vectors and item_vectors (without the item state)."""
         u = self.user_vec(user_idx, user_content, scene_idx, history=history)
         v, b = self.item_vec(item_idx, item_content)
         logit = self.interact_logit(u, v, b)
         if history is not None:
             logit = logit + (history * self._lookup(self.item_target, item_idx, None)).sum(-1)
+        fresh = torch.zeros(len(item_idx), dtype=torch.bool) if fresh is None else fresh
+        if ii_history is not None:
+            logit = logit + (ii_history * self.ii_item(item_idx, item_content, fresh)).sum(-1)
+        weight = torch.where(fresh, self.blend[2], self.blend[1])
+        logit = logit + weight * (self.content_projection(user_content) * self.content_projection(item_content)).sum(-1)
         return logit, self.rating(u, v, b)
 
 
 def build_model(config: dict, n_users: int, n_items: int, n_scenes: int) -> InterestModel:
     return InterestModel(n_users, n_items, n_scenes, content_dim=config["content_dim"], dim=config["dim"],
-                         id_dim=config["id_dim"], scene_dim=config["scene_dim"], hidden=config["hidden"])
+                         id_dim=config["id_dim"], scene_dim=config["scene_dim"], hidden=config["hidden"],
+                         ii_rank=int(config.get("ii_rank", 0)), content_rank=int(config.get("content_rank", 0)))
 
 
 class HistoryBags:
@@ -155,6 +199,12 @@ class HistoryBags:
         total = int(counts.sum())
         flat = torch.repeat_interleave(starts - offsets, counts) + torch.arange(total)
         return self.items[flat], offsets, counts
+
+    def without(self, rows: np.ndarray, items: np.ndarray) -> "HistoryBags":
+        """These bags less the (row, item) pairs given (pairs not in a bag are ignored)."""
+        ok = (items >= 0) & (items < self._bound)
+        drop = rows[ok].astype(np.int64) * self._bound + items[ok]
+        return HistoryBags(self._keys[~np.isin(self._keys, drop)], self._bound, len(self.ptr) - 1)
 
     def contains(self, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Whether each item is in its row's bag."""

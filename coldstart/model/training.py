@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from coldstart import idmap
 from coldstart.config import Settings
 from coldstart.features import recent_popularity
+from coldstart.model.blend import CONTENT_RANK, II_RANK, fit_blend
 from coldstart.model.checkpoint import FORMAT_VERSION, Checkpoint, CheckpointError, grow, index_list, json_safe
 from coldstart.model.network import HistoryBags, InterestModel, build_model, scene_dim_for
 from coldstart.vectors import ContentLike, content_dim_of, content_mapping, content_matrix
@@ -24,7 +25,7 @@ log = logging.getLogger("coldstart.model")
 
 NEGATIVES_PER_POSITIVE = 4          # weight of the negatives' mean loss relative to the positives'
 NEGATIVES_PER_BATCH = 512           # shared uniform negatives scored against every user of a batch
-VALIDATION_FRACTION = 0.05          # held out of training: enough rows for the metrics, few lost to training
+VALIDATION_FRACTION = 0.25          # held out of training: the metrics and the blend's weights (coldstart/model/blend.py) are picked on these rows
 VALIDATION_MAX = 5000               # a cap: a large night's validation pass stays small next to its training
 VALIDATION_MIN_EVENTS = 50          # fewer events than this: no split, validation metrics are None
 VALIDATION_NEGATIVES = 200          # sampled items each held-out positive is ranked against (AUC)
@@ -38,7 +39,7 @@ class TrainingData:
     ``item_content`` / ``user_content``: ``id -> vector`` (see module doc); ``item_content`` should
     cover every item of the prior's index too (they are the negatives); missing vectors are zeros.
     ``validation_mask`` (optional, bool, len n): the rows to hold out for the metrics (e.g. the
-    newest day's events in a warm run); default: a deterministic random 5 % (at most 5000).
+    newest day's events in a warm run); default: a deterministic random quarter (at most 5000).
     ``history_user_ids`` / ``history_item_ids`` (optional, paired): each user's recent items, pooled
     by the user tower; default: the (user, item) pairs of the data itself.
     Item state (optional, all of them or none): ``event_days`` (int, days since 1970-01-01, per
@@ -147,7 +148,7 @@ def _evaluate(model: InterestModel, u_idx, u_content, s_idx, i_idx, values, item
 def _config_from_settings(settings: Settings, content_dim: int) -> dict:
     dim = int(settings.model_dim)
     return {"format": FORMAT_VERSION, "content_dim": int(content_dim), "dim": dim, "id_dim": dim,
-            "scene_dim": scene_dim_for(dim), "hidden": 2 * dim,
+            "scene_dim": scene_dim_for(dim), "hidden": 2 * dim, "ii_rank": II_RANK, "content_rank": CONTENT_RANK,
             "encoder_name": settings.encoder_name}
 
 
@@ -439,12 +440,14 @@ def _finish(model: InterestModel, t: _Tensors, va: torch.Tensor, start: Start, r
         val_hist = _leave_one_out(model, t.bags, t.user_rows[va], on(t.items[va]), on(t.in_bag[va]))
     val = _evaluate(model, on(t.users[va]), on(t.user_content[t.user_rows[va]]), on(t.scenes[va]), on(t.items[va]),
                     on(t.values[va]), t.item_content, torch.Generator().manual_seed(eval_seed), val_hist)
+    # zero epochs (grow only) refits nothing
+    blend = _fit_blend(model, t, va, val_hist, eval_seed - 1) if start.epochs else {}
     model.eval()
     model = model.cpu()
     config = start.config
     if rank.world > 1:
         config["train_processes"] = rank.world
-    metrics = {"mode": start.mode, "epochs": start.epochs, "n_train": n_train, **val,
+    metrics = {"mode": start.mode, "epochs": start.epochs, "n_train": n_train, **val, **blend,
                "train_loss": [round(h["loss"], 6) for h in history],
                "train_loss_interact": [round(h["interact"], 6) for h in history],
                "train_loss_rating": [round(h["rating"], 6) for h in history]}
@@ -454,6 +457,40 @@ def _finish(model: InterestModel, t: _Tensors, va: torch.Tensor, start: Start, r
     ckpt = start.ckpt
     return Checkpoint(model=model, user_index=ckpt.user_index, item_index=ckpt.item_index,
                       scene_index=ckpt.scene_index, config=config, metrics=json_safe(metrics))
+
+
+FRESH_ROWS_MAX = 2000  # training events on items new that day that the blend also scores (cold-item stand-ins)
+
+
+@torch.no_grad()
+def _fit_blend(model: InterestModel, t: _Tensors, va: torch.Tensor, val_hist: torch.Tensor, seed: int) -> dict:
+    """The closed-form terms and their weights (coldstart/model/blend.py), picked on the held-out rows ``va``
+    and on up to FRESH_ROWS_MAX training events whose item was new that day."""
+    model.eval()
+    on, state = t.on, t.state
+    training = torch.ones(len(t.items), dtype=torch.bool)
+    training[va] = False
+    tr = torch.nonzero(training).squeeze(1)
+    fresh_tr = tr[:0]
+    if state is not None and len(tr):
+        items = t.items[tr]
+        new = state.eligible[tr] & (items >= 0) & (state.first_interaction[items.clamp(min=0)] >= state.day[tr])
+        fresh_tr = tr[new]
+        fresh_tr = fresh_tr[torch.randperm(len(fresh_tr), generator=torch.Generator().manual_seed(seed + 2))[:FRESH_ROWS_MAX]]
+    rows = torch.cat([va, fresh_tr])
+    hist = torch.cat([val_hist, _leave_one_out(model, t.bags, t.user_rows[fresh_tr], on(t.items[fresh_tr]),
+                                               on(t.in_bag[fresh_tr]))])
+    user_content = on(t.user_content[t.user_rows[rows]])
+    user_out = model.user_vec(on(t.users[rows]), user_content, on(t.scenes[rows]), history=hist)
+    flag = torch.cat([torch.zeros(len(va), dtype=torch.bool), torch.ones(len(fresh_tr), dtype=torch.bool)])
+
+    def row_state(pick: torch.Tensor):
+        if state is None:
+            return None
+        _, (fresh, pop), live = state.batch(rows[pick], t.items[rows][pick], torch.arange(t.n_items))
+        return fresh, pop, live
+    return fit_blend(model, t.bags, t.user_rows[rows], on(t.items[rows]), t.in_bag[rows], user_out, hist,
+                     user_content, t.item_content, row_state, seed, fresh_row=flag)
 
 
 def all_reduce_gradients(model: torch.nn.Module, world: int) -> None:
