@@ -91,7 +91,11 @@ def embed(spark, settings: Settings, run_date: dt.date) -> EmbedResult:
              counts.get("user", 0), settings.encoder_name)
     if total:
         parts = max(1, min(settings.spark_shuffle_partitions, -(-total // TEXTS_PER_TASK)))
-        encoded = todo.repartition(parts).mapInPandas(encode_partitions(settings, run_date, parts), OUTPUT_DDL)
+        # Hash-partitioned and sorted by key: each text meets the same batch-mates (same padding, same
+        # matmul shapes) whatever the input's file or task order, so a cluster's vectors equal local mode's.
+        keys = ["entity_type", "entity_id"]
+        encoded = (todo.repartition(parts, *keys).sortWithinPartitions(*keys)
+                   .mapInPandas(encode_partitions(settings, run_date, parts), OUTPUT_DDL))
         lake.merge_spark(encoded, "entity_embeddings", newer_wins="t.run_date <= s.run_date")
     todo.unpersist()
     return EmbedResult(items=counts.get("item", 0), users=counts.get("user", 0))

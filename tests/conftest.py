@@ -117,30 +117,6 @@ NIGHT_ENV = {"COLDSTART_MODEL_DIM": "16", "COLDSTART_TRAIN_EPOCHS_FULL": "2", "C
              "COLDSTART_TOP_K": "20", "COLDSTART_SPARK_SHUFFLE_PARTITIONS": "2"}
 
 
-@pytest.fixture(scope="session")
-def airflow_night(airflow_db, session_dir):
-    """Bootstrap day and the next night through Airflow (dag.test), each stage a spark-submit job.
-
-    Each night names its day in conf.run_date: dag.test runs the tasks in this process, where one
-    run's conf stays in the DAG's params for the next call."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    from coldstart.replay import replay
-
-    root = session_dir / "dag_run"
-    settings = make_settings(root)
-    plan = replay(settings.landing, START, days=2, users_limit=15)
-    env = {"COLDSTART_LANDING": settings.landing, "COLDSTART_LAKE": settings.lake, "COLDSTART_MODELS": settings.models,
-           "COLDSTART_REPORTS": settings.reports, **NIGHT_ENV}
-    with environment(**env):
-        dag = DagBag(dag_folder=str(ROOT / "dags")).dags["coldstart_nightly"]
-        first, second = plan.all_days[:2]
-        midnight = dt.time(tzinfo=dt.timezone.utc)
-        runs = [dag.test(logical_date=dt.datetime.combine(day + dt.timedelta(days=1), midnight),
-                         run_conf={"run_date": day.isoformat()}) for day in (first, second)]
-    return settings, plan, runs
-
-
 # --- a real S3 endpoint and a real standalone Spark cluster -------------------------------------------
 S3_BUCKET = "coldstart"
 

@@ -122,19 +122,6 @@ def test_a_bad_run_date_param_refuses_the_run(airflow_db):
         dag.test(logical_date=dt.datetime(2099, 6, 2, tzinfo=UTC), run_conf={"skip_stages": ["inegst"]})
 
 
-@pytest.mark.slow
-def test_a_night_through_airflow_recommends_for_every_active_user(airflow_night):
-    settings, plan, runs = airflow_night
-    assert [r.state for r in runs] == ["success", "success"]  # dag.test returns a failed run instead of raising
-    lake = Lake.from_settings(settings)
-    day = plan.all_days[1]
-    recs = lake.read_pandas("recommendations", filters=[("run_date", "=", day)])
-    users = lake.read_pandas("users")
-    assert set(recs.user_id) == set(users.user_id)  # every known user is active in a 2-day slice
-    registry = lake.read_pandas("model_registry").sort_values("run_date")
-    assert list(registry["mode"]) == ["cold", "warm"]
-
-
 # --- failures ----------------------------------------------------------------------------------
 @pytest.fixture
 def webhook():

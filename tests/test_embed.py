@@ -79,3 +79,37 @@ def test_a_small_night_is_one_task_with_every_core(settings, monkeypatch):
     assert worker_threads(local4, tasks=2) == 4
     assert worker_threads(local4, tasks=16) == 2  # more tasks than slots: 4 run at once
     assert worker_threads(local4.replace(encoder_threads=3), tasks=1) == 3  # an explicit setting wins
+
+
+def test_vectors_do_not_depend_on_the_order_the_rows_arrive_in(spark, tmp_path):
+    """The encoder pads each batch to its longest text, so a text's vector depends (in the last float bits) on
+    its batch-mates: the same entities arriving in another file or task order (a cluster's, say) must meet
+    the same batch-mates and get bit-identical vectors."""
+    from tests.conftest import make_settings
+
+    # Short texts of a few token lengths in batches of 4: which texts share a batch decides the padding
+    # (on this set, one permutation of the input moves two vectors by 1.2e-7).
+    words = ["sailing", "cars", "quiet", "loud", "sea", "film", "jazz", "chess", "rain", "desert"]
+    texts = {f"i{n:02d}": " ".join(words[(n * 7 + j) % len(words)] for j in range(5 + (n * 13) % 4)) for n in range(40)}
+    shuffled = [list(texts)[i] for i in np.random.default_rng(0).permutation(40)]
+    lakes = []
+    for name, chunks in (("one", [list(texts)]), ("shuffled", [shuffled[:13], shuffled[13:27], shuffled[27:]])):
+        settings = make_settings(tmp_path / name, encoder_batch_size=4)
+        lake = Lake.from_settings(settings)
+        for chunk in chunks:
+            put_items(lake, {i: texts[i] for i in chunk}, D1)
+        # the second lake is read as a cluster might: each small file its own task
+        conf = {"spark.sql.files.maxPartitionBytes": "1024", "spark.sql.files.openCostInBytes": "1024"} \
+            if name == "shuffled" else {}
+        saved = {k: spark.conf.get(k) for k in conf}
+        try:
+            for k, v in conf.items():
+                spark.conf.set(k, v)
+            assert embed(spark, settings, D1) == {"items": 40, "users": 0}
+        finally:
+            for k, v in saved.items():
+                spark.conf.set(k, v)
+        lakes.append(embeddings(lake))
+    a, b = (np.stack(frame["embedding"].to_numpy()) for frame in lakes)
+    assert list(lakes[0].index) == list(lakes[1].index)
+    assert np.array_equal(a, b), f"{int((a != b).any(axis=1).sum())} of {len(a)} vectors differ"
