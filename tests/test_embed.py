@@ -36,15 +36,15 @@ def test_only_new_and_changed_entities_are_encoded(spark, settings):
     lake = Lake.from_settings(settings)
     put_items(lake, {"a": "A quiet film about sailing", "b": "Loud action movie with cars", "c": ""}, D1)
     put_users(lake, {"u1": "likes sailing and the sea", "u2": ""})
-    assert embed(spark, settings, D1) == {"items": 3, "users": 1}  # u2 has no profile text: pooled later
+    assert embed(spark, settings, D1).as_dict() == {"items": 3, "users": 1}  # u2 has no profile text: pooled later
     first = embeddings(lake)
     assert len(first) == 4 and (first["dim"] == 384).all()
     vec = np.stack(first["embedding"].to_numpy())
     assert np.allclose(np.linalg.norm(vec, axis=1), 1.0, atol=1e-4)
 
-    assert embed(spark, settings, D2) == {"items": 0, "users": 0}  # rerun: nothing to do
+    assert embed(spark, settings, D2).as_dict() == {"items": 0, "users": 0}  # rerun: nothing to do
     put_items(lake, {"b": "Loud action movie with cars and explosions"}, D2)
-    assert embed(spark, settings, D2) == {"items": 1, "users": 0}
+    assert embed(spark, settings, D2).as_dict() == {"items": 1, "users": 0}
     second = embeddings(lake)
     assert second.loc[("item", "a", settings.encoder_name), "run_date"] == D1
     assert second.loc[("item", "b", settings.encoder_name), "run_date"] == D2
@@ -62,7 +62,7 @@ def test_a_new_encoder_name_re_embeds_and_leaves_old_rows(spark, settings):
     put_items(lake, {"a": "A quiet film about sailing"}, D1)
     embed(spark, settings, D1)
     renamed = settings.replace(encoder_name="minilm-v2-maxlen64", encoder_max_length=64)
-    assert embed(spark, renamed, D2) == {"items": 1, "users": 0}
+    assert embed(spark, renamed, D2).as_dict() == {"items": 1, "users": 0}
     rows = embeddings(lake)
     assert set(rows.index.get_level_values("encoder")) == {settings.encoder_name, "minilm-v2-maxlen64"}
     assert rows.loc[("item", "a", settings.encoder_name), "run_date"] == D1
@@ -105,7 +105,7 @@ def test_vectors_do_not_depend_on_the_order_the_rows_arrive_in(spark, tmp_path):
         try:
             for k, v in conf.items():
                 spark.conf.set(k, v)
-            assert embed(spark, settings, D1) == {"items": 40, "users": 0}
+            assert embed(spark, settings, D1).as_dict() == {"items": 40, "users": 0}
         finally:
             for k, v in saved.items():
                 spark.conf.set(k, v)
