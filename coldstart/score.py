@@ -123,8 +123,10 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     active = spark.createDataFrame(pd.DataFrame({"item_id": item_ids.astype(str)}), "item_id string")
     inputs = user_inputs(spark, lake, settings, run_date, events, active)
     parts = settings.score_partitions or settings.spark_shuffle_partitions
-    # on disk, not in memory: the count and the scoring read it, and in local mode the executors' memory is the driver's
-    inputs = inputs.repartition(parts, "user_id").persist(StorageLevel.DISK_ONLY)
+    # on disk, not in memory: the count and the scoring read it, and in local mode the executors' memory is the driver's.
+    # Sorted within partitions: each block of users is the same whatever order the upstream tasks produced rows
+    # in, so the network sees the same batches (same float sums) on a cluster as in local mode.
+    inputs = inputs.repartition(parts, "user_id").sortWithinPartitions("user_id").persist(StorageLevel.DISK_ONLY)
     counted = inputs.groupBy(segment_column(inputs).alias("segment")).agg(
         F.count("*").alias("users"), F.sum(F.greatest(F.size("scenes"), F.lit(1))).alias("lists")).collect()
     by_segment = {r["segment"]: int(r["users"]) for r in counted}

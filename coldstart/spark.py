@@ -74,10 +74,17 @@ def get_session(settings: Settings | None = None, app_name: str = "coldstart"):
 
 
 def worker_threads(settings: Settings, tasks: int | None = None) -> int:
-    """torch threads for one Python worker: with local[k], min(k, tasks) workers share the machine's cores."""
+    """torch threads for one Python worker: the ``encoder_threads`` setting when set; with local[k],
+    min(k, tasks) workers share the machine's cores; on a cluster, the cores Spark gave the task
+    (``spark.task.cpus``), never the node's core count, which other executors share."""
     if settings.encoder_threads:
         return settings.encoder_threads
     cores = os.cpu_count() or 1
     match = re.fullmatch(r"local\[(\d+|\*)(?:,\d+)?\]", settings.spark_master)
-    slots = (cores if match.group(1) == "*" else int(match.group(1))) if match else 1
+    if not match:
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        return max(1, context.cpus()) if context is not None else 1
+    slots = cores if match.group(1) == "*" else int(match.group(1))
     return max(1, cores // max(1, min(slots, tasks or slots)))

@@ -283,7 +283,9 @@ def cluster_night(spark_cluster, spark, session_dir):
     from coldstart.replay import replay
 
     root = session_dir / "cluster_night"
-    base = dict(landing=str(root / "landing"), baselines=False)
+    # One torch thread per Python worker on both sides: a float sum's last bit may depend on how many threads
+    # share it, and the cluster's tasks would otherwise get spark.task.cpus (1) against local mode's share.
+    base = dict(landing=str(root / "landing"), baselines=False, encoder_threads=1)
     on_cluster = make_settings(root / "cluster", **base)
     on_local = make_settings(root / "local", **base)
     plan = replay(on_cluster.landing, START, days=1, users_limit=15)
@@ -292,6 +294,7 @@ def cluster_night(spark_cluster, spark, session_dir):
     events.mkdir(parents=True)
     env = {**os.environ, **NIGHT_ENV, "COLDSTART_LANDING": on_cluster.landing, "COLDSTART_LAKE": on_cluster.lake,
            "COLDSTART_MODELS": on_cluster.models, "COLDSTART_REPORTS": on_cluster.reports, "COLDSTART_BASELINES": "false",
+           "COLDSTART_ENCODER_THREADS": "1",
            "COLDSTART_SPARK_MASTER": spark_cluster, "COLDSTART_SPARK_DRIVER_MEMORY": "1g",
            # Spark 4 rolls and zstd-compresses event logs by default: one plain JSON file is what the test reads.
            "PYSPARK_SUBMIT_ARGS": f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir=file://{events} "

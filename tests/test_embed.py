@@ -79,6 +79,8 @@ def test_a_small_night_is_one_task_with_every_core(settings, monkeypatch):
     assert worker_threads(local4, tasks=2) == 4
     assert worker_threads(local4, tasks=16) == 2  # more tasks than slots: 4 run at once
     assert worker_threads(local4.replace(encoder_threads=3), tasks=1) == 3  # an explicit setting wins
+    # on a cluster the node's cores are shared with other executors: outside a task, one thread
+    assert worker_threads(settings.replace(spark_master="spark://127.0.0.1:7077", encoder_threads=0)) == 1
 
 
 def test_vectors_do_not_depend_on_the_order_the_rows_arrive_in(spark, tmp_path):
