@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from coldstart.config import Settings  # noqa: E402
-from coldstart.evaluate import POOLED_SLICES, TARGET_SLICES  # noqa: E402
+from coldstart.catalog import POOLED_SLICES, TARGET_SLICES  # noqa: E402
 
 log = logging.getLogger("bench.quality")
 

@@ -40,11 +40,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from coldstart.config import Settings  # noqa: E402
-from coldstart.evaluate import SLICES  # noqa: E402
+from coldstart.catalog import SLICES  # noqa: E402
 from coldstart.report import paired_bootstrap  # noqa: E402
 
 log = logging.getLogger("bench.transfer")

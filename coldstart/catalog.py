@@ -14,6 +14,15 @@ import pyarrow as pa
 # the evaluation slice 'cold_users' (events before the night): the field's usual "a handful of events".
 COLD_USER_MAX_EVENTS = 5
 
+# The evaluation tables' cutoffs and `slice` values (evaluate writes them, the report and benches read them).
+KS = (10, 20)
+SLICES = ("all", "cold_users", "warm_users", "cold_items", "cold_only")  # what per_user_metrics writes
+# The slices of the main list that `coldstart quality` pools (cold_only ranks another, restricted list).
+POOLED_SLICES = SLICES[:4]
+# The slices a cold-start claim is judged on (the report's and the quality bench's targets).
+TARGET_SLICES = ("all", "cold_users", "cold_items")
+MICRO_SLICES = ("cold_items",)  # pooled as sum of hits / sum of positives
+
 UTC_TS = pa.timestamp("us", tz="UTC")
 STR_MAP = pa.map_(pa.string(), pa.string())
 VERSION_MAP = pa.map_(pa.string(), pa.int64())

@@ -34,7 +34,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from coldstart.catalog import COLD_USER_MAX_EVENTS, EVALUATION, EVALUATION_USERS
+from coldstart.catalog import (COLD_USER_MAX_EVENTS, EVALUATION, EVALUATION_USERS, KS, MICRO_SLICES,  # noqa: F401
+                               POOLED_SLICES, SLICES, TARGET_SLICES)
 from coldstart.config import Settings
 from coldstart.features import interactions
 from coldstart.lake import Lake
@@ -42,13 +43,6 @@ from coldstart.results import EvaluateResult
 
 log = logging.getLogger("coldstart.evaluate")
 
-KS = (10, 20)
-SLICES = ("all", "cold_users", "warm_users", "cold_items", "cold_only")  # what per_user_metrics writes
-# The slices of the main list that `coldstart quality` pools (cold_only ranks another, restricted list).
-POOLED_SLICES = SLICES[:4]
-# The slices a cold-start claim is judged on (the report's and the quality bench's targets).
-TARGET_SLICES = ("all", "cold_users", "cold_items")
-MICRO_SLICES = ("cold_items",)  # pooled as sum of hits / sum of positives
 
 
 @dataclass

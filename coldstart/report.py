@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from coldstart import storage
 from coldstart.config import Settings
-from coldstart.evaluate import TARGET_SLICES
+from coldstart.catalog import TARGET_SLICES
 from coldstart.lake import Lake
 
 log = logging.getLogger("coldstart.report")
