@@ -321,8 +321,9 @@ def test_a_backfill_of_an_earlier_night_after_a_later_one_gives_its_original_tab
     ended = night_one()["end_date"]
 
     def backfills_done():  # the scheduler marks a finished backfill complete a little after its last run
-        _, body = airflow.request("GET", f"/api/v2/backfills?dag_id={DAG_ID}")
-        return all(b.get("completed_at") for b in body.get("backfills", []))
+        status, body = airflow.request("GET", f"/api/v2/backfills?dag_id={DAG_ID}")
+        assert status == 200, (status, body)
+        return bool(body["backfills"]) and all(b["completed_at"] for b in body["backfills"])
     airflow._wait(backfills_done, 300, "the earlier backfill to be marked complete")  # one active backfill per DAG
     created = airflow.airflow("backfill", "create", "--dag-id", DAG_ID, "--from-date", first.isoformat(),
                               "--to-date", first.isoformat(), "--reprocess-behavior", "completed")
