@@ -126,8 +126,9 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     # on disk, not in memory: the count and the scoring read it, and in local mode the executors' memory is the driver's.
     # Sorted within partitions: each block of users is the same whatever order the upstream tasks produced rows
     # in, so the network sees the same batches (same float sums) on a cluster as in local mode.
-    inputs = inputs.repartition(parts, "user_id").sortWithinPartitions("user_id").persist(StorageLevel.DISK_ONLY)
-    counted = inputs.groupBy(segment_column(inputs).alias("segment")).agg(
+    inputs = inputs.withColumn("segment", segment_column(inputs)) \
+        .repartition(parts, "user_id").sortWithinPartitions("user_id").persist(StorageLevel.DISK_ONLY)
+    counted = inputs.groupBy("segment").agg(
         F.count("*").alias("users"), F.sum(F.greatest(F.size("scenes"), F.lit(1))).alias("lists")).collect()
     by_segment = {r["segment"]: int(r["users"]) for r in counted}
     n_users, n_lists = sum(by_segment.values()), sum(int(r["lists"]) for r in counted)
@@ -265,14 +266,11 @@ def _positions(lists, item_index: dict) -> list[np.ndarray]:
 
 
 def score_users(worker: Worker, job: ScoreJob, users: pd.DataFrame) -> Iterator[pa.RecordBatch]:
-    """Recommendation batches of a frame of user_inputs rows: the model's lists for the users with
+    """Recommendation batches of a frame of user_inputs rows (with their segment_column): the model's lists for the users with
     history or a profile, the popular-and-fresh list for the others, each with its 'new for you' list."""
     from coldstart.model import user_vectors
 
     settings, state = job.settings, worker.state
-    n = users["n_recent"].to_numpy()
-    known = users["has_profile"].to_numpy() | (n > 0) | users["has_history"].to_numpy()
-    users = users.assign(segment=np.where(n > COLD_USER_MAX_EVENTS, "warm", np.where(known, "cold", "new")))
     scenes = [list(s) if s is not None and len(s) else ["default"] for s in users["scenes"]]
     pairs = users.loc[users.index.repeat([len(s) for s in scenes]), ["user_id", "segment", "has_profile"]]
     pairs = pairs.assign(scene=[s for row in scenes for s in row]).reset_index(drop=True)
