@@ -252,6 +252,13 @@ STAGE_RUNS = Table(
             "process that ran earlier stages it is at least theirs)."),
         col("driver_jvm_peak_rss_bytes", pa.int64(),
             "Peak resident memory of the driver's JVM (VmHWM of its process; null: no Spark session, or not on Linux)."),
+        col("executor_jvm_peak_rss_bytes", pa.int64(),
+            "Largest peak resident memory of one executor's JVM, from Spark's executor metrics (ProcessTreeJVMRSSMemory; "
+            "in local mode the one executor is the driver's JVM; an application peak, like the driver's; null: no Spark "
+            "session, or no metrics yet)."),
+        col("executor_python_peak_rss_bytes", pa.int64(),
+            "Largest peak resident memory of the Python workers of one executor, summed over its workers "
+            "(ProcessTreePythonRSSMemory: the mapInArrow/UDF processes that embed and score run in; null: as above)."),
         col("pid", pa.int64(), "Process id of the driver (tells two concurrent runs apart in the logs)."),
     ]),
     key=("run_date", "stage"),

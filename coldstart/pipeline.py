@@ -178,6 +178,32 @@ def _jvm_peak_rss(spark) -> int | None:
     return None
 
 
+def _executor_peaks(spark) -> tuple[int | None, int | None]:
+    """The largest per-executor peaks (JVM process tree RSS, Python workers' RSS) in Spark's executor metrics.
+
+    Spark keeps them in its status store (also with the UI off) from heartbeats and task ends, with process
+    tree metrics enabled by :func:`coldstart.spark.get_session`. On a cluster the driver's own entry is left
+    out; in local mode it is the only executor."""
+    if spark is None:
+        return None, None
+    try:
+        summaries = spark.sparkContext._jsc.sc().statusStore().executorList(False).iterator()
+        peaks = []
+        while summaries.hasNext():
+            summary = summaries.next()
+            metrics = summary.peakMemoryMetrics()
+            if metrics.isDefined():
+                peaks.append((summary.id(), metrics.get().getMetricValue("ProcessTreeJVMRSSMemory"),
+                              metrics.get().getMetricValue("ProcessTreePythonRSSMemory")))
+    except Exception:  # noqa: BLE001 - a gauge, never a reason to fail a night
+        return None, None
+    executors = [p for p in peaks if p[0] != "driver"] or peaks
+    if not executors:
+        return None, None
+    jvm, python = max(int(p[1]) for p in executors), max(int(p[2]) for p in executors)
+    return (jvm or None), (python or None)
+
+
 def _record(lake, settings: Settings, night, started_at: dt.datetime, status: str, error: str | None, spark) -> None:
     """Write the stage's stage_runs and night_manifest rows (merged by run date and stage)."""
     import os
@@ -199,6 +225,7 @@ def _record(lake, settings: Settings, night, started_at: dt.datetime, status: st
            "rows_in": night.rows_in, "rows_out": night.rows_out,
            "driver_python_peak_rss_bytes": int(maxrss) * 1024, "driver_jvm_peak_rss_bytes": _jvm_peak_rss(spark),
            "pid": os.getpid()}
+    run["executor_jvm_peak_rss_bytes"], run["executor_python_peak_rss_bytes"] = _executor_peaks(spark)
     lake.merge_bookkeeping("stage_runs", pa.Table.from_pylist([run], schema=STAGE_RUNS.schema))
     if status != "ok":
         return  # the manifest describes what a night saw when it succeeded; a failed stage keeps the last one

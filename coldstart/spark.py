@@ -59,6 +59,9 @@ def get_session(settings: Settings | None = None, app_name: str = "coldstart"):
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.sql.sources.partitionOverwriteMode", "dynamic")
         .config("spark.python.worker.reuse", "true")
+        # executors' peak memory (JVM and Python workers' process trees) for stage_runs, sampled each second
+        .config("spark.executor.processTreeMetrics.enabled", "true")
+        .config("spark.executor.metrics.pollingInterval", "1s")
         .config("spark.driver.extraJavaOptions", "-Duser.timezone=UTC")
         .config("spark.executor.extraJavaOptions", "-Duser.timezone=UTC")
     )

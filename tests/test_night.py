@@ -59,6 +59,9 @@ def test_every_stage_of_every_night_has_a_stage_run_and_a_manifest_row(tiny_run)
     spark_runs = runs[runs["stage"].isin(["ingest", "embed"])]
     assert spark_runs["spark_app_id"].notna().all() and (spark_runs["spark_master"] == "local[2]").all()
     assert (spark_runs["driver_jvm_peak_rss_bytes"] > 50 * 2 ** 20).all()
+    assert (spark_runs["executor_jvm_peak_rss_bytes"] > 50 * 2 ** 20).all()  # Spark's executor metrics, local mode
+    score = runs[runs["stage"] == "score"]
+    assert (score["executor_python_peak_rss_bytes"] > 50 * 2 ** 20).all()  # its mapInArrow workers hold torch
     ingest = runs[runs["stage"] == "ingest"]
     assert (ingest["rows_out"] > 0).all() and (ingest["rows_in"] >= 0).all()
 
