@@ -10,7 +10,10 @@ encoder is not what is measured; 30 %, synth's default, would spend the bench in
 2 run every stage in one process (``coldstart run``); night 3, the one reported, runs each stage as
 its own ``coldstart run --stages <stage>`` process on ``local[2]``, so that the driver's peak resident
 set (``driver_python_peak_rss_bytes``: the process's ru_maxrss; ``driver_jvm_peak_rss_bytes``: the
-JVM's VmHWM) is that stage's own. With ``--before <checkout>``, night 3's score stage is run once
+JVM's VmHWM) is that stage's own; the executors' peaks (``executor_jvm_peak_rss_bytes``,
+``executor_python_peak_rss_bytes``: Spark's executor metrics; in local mode the executor is the driver's JVM,
+and its Python workers are the mapInArrow processes) come from the same row. ``--reuse`` reruns night 3 on the
+lakes a previous run left. With ``--before <checkout>``, night 3's score stage is run once
 more with that checkout's code first (same lake, same model: the stage is idempotent for its date),
 so the table has both side by side. Results: a markdown table on stdout (and ``--output``).
 """
@@ -58,17 +61,22 @@ def stage_row(root: Path, day: dt.date, stage: str) -> dict:
     return runs.iloc[0].to_dict()
 
 
-def world(users: int, root: Path, before: Path | None) -> list[dict]:
+def world(users: int, root: Path, before: Path | None, reuse: bool = False) -> list[dict]:
+    """Build the world of ``users`` and run its nights (``reuse``: keep the lake of an earlier run of this
+    size and rerun night 3 only, stage by stage; every stage is idempotent for its date)."""
     from coldstart.synth import SynthConfig, synth
 
-    shutil.rmtree(root, ignore_errors=True)
     cfg = SynthConfig(users=users, items=ITEMS, events_per_day=EVENTS_PER_USER_PER_DAY * users, days=DAYS,
                       new_items_per_day=0, new_users_per_day=0, profile_share=0.02, start=START)
-    synth(root / "landing", cfg)
     env = settings_env(root)
     days = [cfg.day(i) for i in range(DAYS)]
-    print(f"[{users}] nights 1-2: {run_cli(env, ROOT, 'run', '--from', str(days[0]), '--to', str(days[-2])):.0f} s",
-          flush=True)
+    if not reuse:
+        shutil.rmtree(root, ignore_errors=True)
+        synth(root / "landing", cfg)
+        nights = run_cli(env, ROOT, "run", "--from", str(days[0]), "--to", str(days[-2]))
+        print(f"[{users}] nights 1-2: {nights:.0f} s", flush=True)
+    elif not (root / "lake").exists():
+        raise SystemExit(f"--reuse: no lake at {root / 'lake'}; run this size once without --reuse")
     rows = []
     last = days[-1]
     for stage in STAGES:
@@ -84,13 +92,17 @@ def world(users: int, root: Path, before: Path | None) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     mib = 1 << 20
-    out = ["| users | stage | code | seconds | wall s | driver Python peak MiB | driver JVM peak MiB | rows out |",
-           "|---|---|---|---|---|---|---|---|"]
+    def mib_text(value) -> str:
+        return "-" if value is None or value != value else f"{value / mib:.0f}"
+
+    out = ["| users | stage | code | seconds | wall s | driver Python peak MiB | driver JVM peak MiB "
+           "| executor JVM peak MiB | executor Python workers peak MiB | rows out |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        jvm = r.get("driver_jvm_peak_rss_bytes")
-        jvm_text = "-" if jvm is None or jvm != jvm else f"{jvm / mib:.0f}"
         out.append(f"| {r['users']:,} | {r['stage']} | {r['code']} | {r['seconds']:.1f} | {r['wall']:.1f} | "
-                   f"{r['driver_python_peak_rss_bytes'] / mib:.0f} | {jvm_text} | {r.get('rows_out')} |")
+                   f"{r['driver_python_peak_rss_bytes'] / mib:.0f} | {mib_text(r.get('driver_jvm_peak_rss_bytes'))} | "
+                   f"{mib_text(r.get('executor_jvm_peak_rss_bytes'))} | "
+                   f"{mib_text(r.get('executor_python_peak_rss_bytes'))} | {r.get('rows_out')} |")
     return "\n".join(out)
 
 
@@ -114,10 +126,11 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/coldstart-driver-memory")
     parser.add_argument("--before", default=None, help="another checkout whose score stage runs beside this one's")
     parser.add_argument("--output", default=None)
+    parser.add_argument("--reuse", action="store_true", help="rerun night 3 on the lakes an earlier run left in --work")
     args = parser.parse_args()
     rows = []
     for users in args.users:
-        rows += world(users, Path(args.work) / str(users), Path(args.before) if args.before else None)
+        rows += world(users, Path(args.work) / str(users), Path(args.before) if args.before else None, args.reuse)
         text = table(rows) + "\n\n" + ratios(rows) + "\n"
         print(text, flush=True)
         if args.output:
