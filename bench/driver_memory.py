@@ -9,7 +9,8 @@ catalogue at every size), 5 events per user per day, 3 days, 2 % of the users wi
 encoder is not what is measured; 30 %, synth's default, would spend the bench in embed). Nights 1 and
 2 run every stage in one process (``coldstart run``); night 3, the one reported, runs each stage as
 its own ``coldstart run --stages <stage>`` process on ``local[2]``, so that the driver's peak resident
-set (``driver_python_peak_rss_bytes``: the process's ru_maxrss; ``driver_jvm_peak_rss_bytes``: the
+set (``driver_python_peak_rss_bytes``: the process's VmHWM, not ru_maxrss, which Linux carries over from this
+script's own process; ``driver_jvm_peak_rss_bytes``: the
 JVM's VmHWM) is that stage's own; the executors' peaks (``executor_jvm_peak_rss_bytes``,
 ``executor_python_peak_rss_bytes``: Spark's executor metrics; in local mode the executor is the driver's JVM,
 and its Python workers are the mapInArrow processes) come from the same row. ``--reuse`` reruns night 3 on the

@@ -248,7 +248,8 @@ STAGE_RUNS = Table(
         col("rows_in", pa.int64(), "Rows read from the lake's tables (Delta log counts of the files read for Spark reads).", nullable=False),
         col("rows_out", pa.int64(), "Rows committed to the lake's tables (merges: rows inserted + updated).", nullable=False),
         col("driver_python_peak_rss_bytes", pa.int64(),
-            "Peak resident memory of the driver's Python process (getrusage ru_maxrss; a process peak, so in a "
+            "Peak resident memory of the driver's Python process (VmHWM of its own address space, not ru_maxrss, which "
+            "Linux carries over from the parent that started it; a process peak, so in a "
             "process that ran earlier stages it is at least theirs)."),
         col("driver_jvm_peak_rss_bytes", pa.int64(),
             "Peak resident memory of the driver's JVM (VmHWM of its process; null: no Spark session, or not on Linux)."),

@@ -178,6 +178,24 @@ def _jvm_peak_rss(spark) -> int | None:
     return None
 
 
+def python_peak_rss() -> int:
+    """Peak resident memory of this process in bytes: VmHWM of its own address space on Linux.
+
+    Not ``getrusage().ru_maxrss``: Linux carries that across exec, so a stage process started by a large
+    parent (a benchmark, Airflow's task supervisor) would report the parent's size as its own peak. Falls
+    back to ru_maxrss where /proc is missing."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux, bytes on macOS: a gauge
+
+
 def _executor_peaks(spark) -> tuple[int | None, int | None]:
     """The largest per-executor peaks (JVM process tree RSS, Python workers' RSS) in Spark's executor metrics.
 
@@ -207,7 +225,6 @@ def _executor_peaks(spark) -> tuple[int | None, int | None]:
 def _record(lake, settings: Settings, night, started_at: dt.datetime, status: str, error: str | None, spark) -> None:
     """Write the stage's stage_runs and night_manifest rows (merged by run date and stage)."""
     import os
-    import resource
 
     import pyarrow as pa
 
@@ -217,13 +234,12 @@ def _record(lake, settings: Settings, night, started_at: dt.datetime, status: st
         from pyspark.sql import SparkSession
         spark = SparkSession.getActiveSession()  # evaluate's ALS baseline may have started one
     finished_at = dt.datetime.now(dt.timezone.utc)
-    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     run = {"run_date": night.run_date, "stage": night.stage, "started_at": started_at, "finished_at": finished_at,
            "seconds": (finished_at - started_at).total_seconds(), "status": status, "error": error,
            "spark_master": spark.sparkContext.master if spark is not None else None,
            "spark_app_id": spark.sparkContext.applicationId if spark is not None else None,
            "rows_in": night.rows_in, "rows_out": night.rows_out,
-           "driver_python_peak_rss_bytes": int(maxrss) * 1024, "driver_jvm_peak_rss_bytes": _jvm_peak_rss(spark),
+           "driver_python_peak_rss_bytes": python_peak_rss(), "driver_jvm_peak_rss_bytes": _jvm_peak_rss(spark),
            "pid": os.getpid()}
     run["executor_jvm_peak_rss_bytes"], run["executor_python_peak_rss_bytes"] = _executor_peaks(spark)
     lake.merge_bookkeeping("stage_runs", pa.Table.from_pylist([run], schema=STAGE_RUNS.schema))

@@ -126,3 +126,17 @@ def test_run_days_rewrites_the_report_after_evaluate(tiny_run):
     """evaluate writes no report; run_days (``coldstart run``) rewrites it once its nights are evaluated."""
     settings, *_ = tiny_run
     assert "<svg" in (Path(settings.reports) / "report.html").read_text()
+
+
+def test_a_stage_processs_peak_memory_is_its_own_not_its_parents():
+    """stage_runs' driver peak must not report the size of whatever started the stage (a benchmark that
+    built a 200k-user world, Airflow's supervisor): Linux carries ru_maxrss across fork and exec."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(600 * 2 ** 20)  # the parent holds 600 MiB, touched so that it is resident
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    child = subprocess.run([sys.executable, "-c", "from coldstart.pipeline import python_peak_rss; print(python_peak_rss())"],
+                           capture_output=True, text=True, check=True)
+    del ballast
+    assert int(child.stdout) < 300 * 2 ** 20, f"child reported {int(child.stdout) >> 20} MiB"
