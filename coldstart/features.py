@@ -140,6 +140,7 @@ def daily_item_counts(lake: Lake, first: dt.date, last: dt.date) -> pd.DataFrame
                          "count": counts["count_all"].astype(np.int64)})
 
 
+REASON_ITEMS = 20  # most recent consumed items considered for a "similar to ..." reason
 HISTORY_ITEMS = 100  # latest distinct items per user pooled by the model's user tower (bounds its cost)
 
 
@@ -281,77 +282,43 @@ def window_events_spark(spark, lake: Lake, settings: Settings, run_date: dt.date
     return lake.read_spark(spark, "interactions", partitions={"run_date": window_days(settings, run_date)})
 
 
-def _ranked(frame, by: list[str], order: list, per_user: int):
-    """Rows of ``frame`` numbered within each user by ``order`` (column expressions), the first ``per_user`` kept."""
-    from pyspark.sql import Window
+def user_history_spark(spark, lake: Lake, settings: Settings, run_date: dt.date, items):
+    """One row per user with any accepted interaction up to run_date, from one aggregation (one shuffle) of
+    those interactions: ``n_recent`` (events in the active window, History.user_counts), ``scenes`` (the
+    ``scenes_per_user`` most frequent window scenes, most frequent first, ties: the latest event, then the
+    scene's name: History.top_scenes), ``latest`` (the HISTORY_ITEMS most recently used distinct window
+    items, newest first, ties by item: latest_items), ``recent`` (the items of the REASON newest window
+    events among ``items``, repeats kept, newest first, ties by item), ``window_items`` (the distinct window
+    items, sorted: the pairs pool_user_content pools) and ``consumed`` (the distinct items among ``items``
+    used up to run_date, sorted; empty when none). A window list is null for a user without window
+    events (``recent`` also when none of them is among ``items``); ``items``: a DataFrame of item_id
+    (small: broadcast)."""
     from pyspark.sql import functions as F
 
-    return frame.withColumn("_rank", F.row_number().over(Window.partitionBy(*by).orderBy(*order))) \
-        .filter(F.col("_rank") <= per_user)
-
-
-def _ordered_list(frame, value: str, name: str):
-    """(user_id, ``name``): each user's ``value`` column as an array in ``_rank`` order."""
-    from pyspark.sql import functions as F
-
-    return frame.groupBy("user_id").agg(
-        F.sort_array(F.collect_list(F.struct("_rank", value))).getField(value).alias(name))
-
-
-def recent_counts_spark(events):
-    """(user_id, n_recent): events per user (History.user_counts)."""
-    return events.groupBy("user_id").count().withColumnRenamed("count", "n_recent")
-
-
-def top_scenes_spark(events, per_user: int = 1):
-    """(user_id, scenes): the user's ``per_user`` most frequent scenes, most frequent first, ties: the
-    latest event wins, then the scene's name (History.top_scenes)."""
-    from pyspark.sql import functions as F
-
-    counts = events.groupBy("user_id", "scene").agg(F.count("*").alias("n"), F.max("event_ts").alias("last"))
-    top = _ranked(counts, ["user_id"], [F.col("n").desc(), F.col("last").desc(), F.col("scene")], per_user)
-    return _ordered_list(top, "scene", "scenes")
-
-
-def latest_items_spark(events, per_user: int = HISTORY_ITEMS):
-    """(user_id, latest): each user's ``per_user`` most recently used distinct items, newest first, ties by
-    item (latest_items)."""
-    from pyspark.sql import functions as F
-
-    last = events.groupBy("user_id", "item_id").agg(F.max("event_ts").alias("last"))
-    return _ordered_list(_ranked(last, ["user_id"], [F.col("last").desc(), F.col("item_id")], per_user),
-                         "item_id", "latest")
-
-
-def latest_events_spark(events, items, per_user: int, name: str):
-    """(user_id, ``name``): the items of each user's ``per_user`` newest events (repeats kept) among
-    ``items`` (a DataFrame of item_id), newest first, ties by item."""
-    from pyspark.sql import functions as F
-
-    kept = events.select("user_id", "item_id", "event_ts").join(F.broadcast(items), "item_id")
-    return _ordered_list(_ranked(kept, ["user_id"], [F.col("event_ts").desc(), F.col("item_id")], per_user),
-                         "item_id", name)
-
-
-def window_items_spark(events):
-    """(user_id, window_items): the distinct items of each user's window events, sorted (the pairs
-    pool_user_content pools)."""
-    from pyspark.sql import functions as F
-
-    return events.groupBy("user_id").agg(F.array_sort(F.collect_set("item_id")).alias("window_items"))
-
-
-def consumed_spark(spark, lake: Lake, run_date: dt.date, items):
-    """(user_id, consumed): the distinct items among ``items`` (a DataFrame of item_id) each user used in any
-    accepted interaction up to run_date, sorted; every user with any interaction has a row (an empty
-    array when none of them is among ``items``)."""
-    from pyspark.sql import functions as F
-
-    pairs = lake.read_spark(spark, "interactions").filter(F.col("run_date") <= F.lit(run_date)) \
-        .select("user_id", "item_id").distinct()
-    marked = pairs.join(F.broadcast(items.withColumn("_listed", F.lit(True))), "item_id", "left")
-    return marked.groupBy("user_id").agg(
-        F.array_sort(F.collect_list(F.when(F.col("_listed"), F.col("item_id")))).alias("consumed"))
+    first = window_start(settings, run_date)
+    events = lake.read_spark(spark, "interactions").filter(F.col("run_date") <= F.lit(run_date)) \
+        .join(F.broadcast(items.select("item_id", F.lit(True).alias("_listed"))), "item_id", "left")
+    # the window's events as structs that sort newest first, then by item (the orders of the lists below)
+    event = F.struct((-F.unix_micros("event_ts")).alias("k"), F.col("item_id").alias("item"), F.col("scene").alias("scene"),
+                     F.coalesce("_listed", F.lit(False)).alias("listed"))
+    grouped = events.groupBy("user_id").agg(
+        F.array_sort(F.collect_set(F.when(F.col("_listed"), F.col("item_id")))).alias("consumed"),
+        F.array_sort(F.collect_list(F.when(F.col("run_date") >= F.lit(first), event))).alias("_w"))
+    w = F.col("_w")
+    some = F.size(w) > 0
+    per_scene = F.transform(F.array_distinct(F.transform(w, lambda e: e["scene"])), lambda s: F.struct(
+        (-F.size(F.filter(w, lambda e: e["scene"].eqNullSafe(s)))).alias("n"),
+        F.array_min(F.transform(F.filter(w, lambda e: e["scene"].eqNullSafe(s)), lambda e: e["k"])).alias("k"),
+        s.alias("scene")))
+    listed = F.transform(F.filter(w, lambda e: e["listed"]), lambda e: e["item"])
+    return grouped.select(
+        "user_id", F.size(w).alias("n_recent"),
+        F.when(some, F.transform(F.slice(F.array_sort(per_scene), 1, settings.scenes_per_user), lambda x: x["scene"]))
+        .alias("scenes"),
+        F.when(some, F.slice(F.array_distinct(F.transform(w, lambda e: e["item"])), 1, HISTORY_ITEMS)).alias("latest"),
+        F.when(F.size(listed) > 0, F.slice(listed, 1, REASON_ITEMS)).alias("recent"),
+        F.when(some, F.array_sort(F.array_distinct(F.transform(w, lambda e: e["item"])))).alias("window_items"),
+        "consumed")
 
 
 def profiles_spark(spark, lake: Lake, settings: Settings):

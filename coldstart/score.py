@@ -41,11 +41,9 @@ from coldstart import idmap, storage
 from coldstart.catalog import COLD_USER_MAX_EVENTS, RECOMMENDATIONS
 from coldstart.config import Settings
 from coldstart.devices import resolve_device
-from coldstart.features import (POPULARITY_DAYS, consumed_spark, content_vectors, daily_item_counts,
-                                daily_item_counts_spark, day_numbers, latest_events_spark, latest_items_spark,
-                                pool_user_content, popularity_spark, profiles_spark, recent_counts_spark,
-                                recent_popularity, top_scenes_spark, window_events_spark, window_items_spark,
-                                window_start)
+from coldstart.features import (POPULARITY_DAYS, content_vectors, daily_item_counts, daily_item_counts_spark,
+                                day_numbers, pool_user_content, popularity_spark, profiles_spark, recent_popularity,
+                                user_history_spark, window_events_spark, window_start)
 from coldstart.lake import Lake, spark_schema_for
 from coldstart.ranking import ItemMatrix, popular_in_scene, top_k_scores
 from coldstart.registry import registry_row
@@ -59,7 +57,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("coldstart.score")
 
 FRESH_EVERY = 5  # popular-and-fresh fallback: every fifth slot goes to a new item
-REASON_HISTORY = 20  # most recent consumed items considered for "similar to ..."
 NOTHING = np.empty(0, dtype=np.int64)
 
 
@@ -121,7 +118,7 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
                    checksum=reg["checksum"], env=storage.worker_env(), items=spark.sparkContext.broadcast(state))
 
     active = spark.createDataFrame(pd.DataFrame({"item_id": item_ids.astype(str)}), "item_id string")
-    inputs = user_inputs(spark, lake, settings, run_date, events, active)
+    inputs = user_inputs(spark, lake, settings, run_date, active)
     parts = settings.score_partitions or settings.spark_shuffle_partitions
     # on disk, not in memory: the count and the scoring read it, and in local mode the executors' memory is the driver's.
     # Sorted within partitions: each block of users is the same whatever order the upstream tasks produced rows
@@ -144,23 +141,20 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     return ScoreResult(users=n_users, lists=n_lists, rows=written, model_version=version)
 
 
-def user_inputs(spark, lake: Lake, settings: Settings, run_date: dt.date, events, active):
+def user_inputs(spark, lake: Lake, settings: Settings, run_date: dt.date, active):
     """One row per active user (USER_INPUTS): whether the user has profile text, recent events, any
     interaction up to run_date; the top scenes, the pooled history (latest distinct items), the newest
     events' active items (for the reasons), the window's distinct items (for the content vector), the
-    consumed active items and the profile's encoder vector. Spark aggregations over the Delta tables
-    (coldstart.features); ``active``: a DataFrame of the active item ids."""
+    consumed active items and the profile's encoder vector. Three sides joined by user: the active users,
+    one aggregation of their interactions (features.user_history_spark) and the profile vectors;
+    ``active``: a DataFrame of the active item ids."""
     from pyspark.sql import functions as F
 
     users = lake.read_spark(spark, "users").filter(
         (F.col("last_seen") >= F.lit(window_start(settings, run_date))) & (F.col("first_seen") <= F.lit(run_date))) \
         .select("user_id", (F.coalesce(F.col("content_text"), F.lit("")) != "").alias("has_profile"))
-    consumed = consumed_spark(spark, lake, run_date, active).withColumn("has_history", F.lit(True))
-    joined = users
-    for part in (recent_counts_spark(events), top_scenes_spark(events, settings.scenes_per_user),
-                 latest_items_spark(events), latest_events_spark(events, active, REASON_HISTORY, "recent"),
-                 window_items_spark(events), consumed, profiles_spark(spark, lake, settings)):
-        joined = joined.join(part, "user_id", "left")
+    history = user_history_spark(spark, lake, settings, run_date, active).withColumn("has_history", F.lit(True))
+    joined = users.join(history, "user_id", "left").join(profiles_spark(spark, lake, settings), "user_id", "left")
     return joined.select(
         "user_id", "has_profile", F.coalesce("n_recent", F.lit(0)).alias("n_recent"),
         F.coalesce("has_history", F.lit(False)).alias("has_history"), *USER_INPUTS[4:])
