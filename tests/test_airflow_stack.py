@@ -32,6 +32,8 @@ import pytest
 from coldstart.lake import Lake
 from tests.conftest import NIGHT_ENV, ROOT, START, make_settings
 
+pytestmark = pytest.mark.airflow
+
 AIRFLOW = str(Path(sys.executable).parent / "airflow")
 DAG_ID = "coldstart_nightly"
 NIGHT_TIMEOUT_S = 900  # one night is ~90 s on an idle 2-core machine; shared machines are much slower
