@@ -102,7 +102,14 @@ class Settings:
                                              "0 turns it off.", 1.0)
     new_list_size: int = _doc("Length of each user's second list, 'new for you' (recommendations.list = 'new'): the "
                               "items nobody has used yet, ranked by the model; 0 writes no such list.", 20)
-    baselines: bool = _doc("Evaluate the baselines too (popularity, item-kNN, EASE, content-kNN, ALS, hybrid).", True)
+    baselines: bool = _doc("Evaluate the baselines too (popularity, item-kNN, EASE, content-kNN, ALS, hybrid). They run "
+                           "in the driver: fitted on the window's events read into it (O(window events)), ranked for "
+                           "their target users (O(targets x items) work); off at a scale the driver cannot hold.", True)
+    baseline_max_users: int = _doc("Rank and measure the baselines for at most this many target users a night, the same "
+                                   "seeded sample of them for every baseline (by a hash of seed and user id); the model "
+                                   "is measured on every target user, and intervals pair the user-days both have. "
+                                   "Bounds the baselines' ranking time and per-user state in the driver, not their fit; "
+                                   "0 = every target user.", 0)
     # --- orchestration -------------------------------------------------------------------
     schedule: str = _doc("Airflow schedule of the nightly DAG (a run at midnight of D+1 processes day D).", "@daily")
     task_retries: int = _doc("Airflow retries per task (exponential backoff).", 2)
@@ -226,6 +233,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "seed": (0, 2**32 - 1),
     "top_k": (1, 1000),
     "new_list_size": (0, 1000),
+    "baseline_max_users": (0, 100_000_000),
     "active_days": (1, 3650),
     "scenes_per_user": (1, 100),
     "score_block_users": (1, 10_000_000),

@@ -19,6 +19,20 @@ Methods: the model's lists as written by score(D-1), and, when ``baselines`` is 
 on the events up to D-1 and ranked under the same exclusions, ties broken by a seeded random key
 (see :mod:`coldstart.baselines`).
 
+Where it runs (the stage, :func:`evaluate`): targets, truth, the prior-item (cold) flags and every
+method's lists meet in one Spark aggregation per user over the Delta tables (:func:`user_rows_spark`);
+the executors turn each partition's users into their per-user rows with the same
+:func:`per_user_metrics` the driver-side helpers use (:func:`per_user_metrics_spark`); the rows go to
+``evaluation_users`` in one Delta commit from the executors and the means are exact (decimal) sums per
+(method, slice, metric, k), the only thing collected. The driver's memory does not grow with the users
+for the model's side. Scale limits of the baselines: they run in the driver, fitted on the active
+window's events read into it (O(window events): item-kNN's and EASE's matrices are O(items²) with EASE
+capped at ``EASE_MAX_ITEMS``), and ranked for their target users, whose consumed sets are collected
+(O(targets x history) memory, O(targets x items) work). Setting ``baseline_max_users`` bounds the
+users side (a seeded sample, the same for every baseline); where the window's events do not fit in the
+driver, set ``baselines`` off. :func:`targets` and :func:`model_lists` are the same protocol in pandas
+for the driver (tuning on a bench day, tests).
+
 Writes ``evaluation`` (means per method, slice, metric, K) and ``evaluation_users`` (the per-user
 values, for paired bootstrap intervals), both replacing partition run_date=D. The HTML report is not
 written here: it is its own step (``coldstart report``, the DAG's report task, the end of ``coldstart run``).
@@ -37,7 +51,7 @@ import pyarrow as pa
 from coldstart.catalog import (COLD_USER_MAX_EVENTS, EVALUATION, EVALUATION_USERS, KS, MICRO_SLICES,  # noqa: F401
                                POOLED_SLICES, SLICES, TARGET_SLICES)
 from coldstart.config import Settings
-from coldstart.features import interactions
+from coldstart.features import interactions, interactions_until_spark
 from coldstart.lake import Lake
 from coldstart.results import EvaluateResult
 
@@ -59,6 +73,8 @@ class Targets:
 
 
 def targets(lake: Lake, run_date: dt.date) -> Targets:
+    """The protocol's targets of run_date in pandas, in the driver (the whole history is read): for tuning
+    and tests; the stage uses :func:`user_rows_spark`."""
     before = interactions(lake, dt.date.min, run_date - dt.timedelta(days=1), ["user_id", "item_id"])
     today = interactions(lake, run_date, run_date, ["user_id", "item_id"]).drop_duplicates()
     prior_items = set(before["item_id"].unique())
@@ -274,43 +290,193 @@ def tune_baselines(spark, lake: Lake, settings: Settings, run_date: dt.date, k: 
     return out
 
 
+# --------------------------------------------------------------------------------------------
+# The stage: the same protocol over the Delta tables in Spark. One aggregation per user brings each
+# user's prior count, consumed set, truth and every method's list together (cold flags from a
+# broadcast of the items used before D); the executors turn each partition's users into their
+# per-user rows with per_user_metrics (one implementation of the metrics for the driver and the
+# executors); the means are exact sums per slice. Only those sums reach the driver.
+# --------------------------------------------------------------------------------------------
+_SUM_TYPE = "decimal(38,18)"  # per-user values summed exactly: the means do not depend on the partitioning
+_LIST_ROWS = "method string, user_id string, rank int, item_id string"
+
+
+def user_rows_spark(spark, lake: Lake, run_date: dt.date, list_rows=None):
+    """The target users of run_date (the protocol of :func:`targets`) as one Spark aggregation over the
+    interactions and ``list_rows``: one row per target user with ``n_prior`` (events before run_date),
+    ``consumed`` (sorted distinct items used before run_date), ``truth`` (the items used on run_date and never
+    before, sorted structs (item_id, cold)) and ``entries`` (the user's rows of ``list_rows`` (method, user_id,
+    rank, item_id) as structs (method, rank, item_id, cold)); cold = nobody used the item before run_date.
+    Without ``list_rows`` the entries are empty. Rows of users who are not targets are dropped."""
+    from pyspark.sql import functions as F
+
+    before, today = F.col("run_date") < F.lit(run_date), F.col("run_date") == F.lit(run_date)
+    events = interactions_until_spark(spark, lake, run_date)
+    prior = events.filter(before).select("item_id").distinct().withColumn("_prior", F.lit(True))
+    rows = events.select("user_id", "item_id", F.when(today, F.lit("today")).otherwise(F.lit("before")).alias("kind"),
+                         F.lit(None).cast("string").alias("method"), F.lit(None).cast("int").alias("rank"))
+    if list_rows is not None:
+        rows = rows.unionByName(list_rows.select("user_id", "item_id", F.lit("list").alias("kind"), "method",
+                                                 F.col("rank").cast("int").alias("rank")))
+    marked = rows.join(F.broadcast(prior), "item_id", "left").withColumn("cold", F.col("_prior").isNull())
+    kind = F.col("kind")
+    per_user = marked.groupBy("user_id").agg(
+        F.count_if(kind == "before").alias("n_prior"),
+        F.array_sort(F.collect_set(F.when(kind == "before", F.col("item_id")))).alias("consumed"),
+        F.collect_set(F.when(kind == "today", F.struct("item_id", "cold"))).alias("today_items"),
+        F.collect_list(F.when(kind == "list", F.struct("method", "rank", "item_id", "cold"))).alias("entries"))
+    truth = F.array_sort(F.filter("today_items", lambda x: ~F.array_contains("consumed", x["item_id"])))
+    return per_user.select("user_id", "n_prior", "consumed", truth.alias("truth"), "entries") \
+        .filter((F.col("n_prior") > 0) & (F.size("truth") > 0))
+
+
+def model_list_rows_spark(spark, lake: Lake, list_date: dt.date, list_name: str = "main"):
+    """(method='model', user_id, rank, item_id, model_version): the rows of the model's ``list_name`` list in
+    recommendations(list_date) (null list: rows from before the column, all 'main')."""
+    from pyspark.sql import functions as F
+
+    recs = lake.read_spark(spark, "recommendations", partitions={"run_date": [list_date]})
+    return recs.filter(F.coalesce(F.col("list"), F.lit("main")) == F.lit(list_name)) \
+        .select(F.lit("model").alias("method"), "user_id", "rank", "item_id", "model_version")
+
+
+PER_USER_SCHEMA = "method string, slice string, metric string, k int, user_id string, value double"
+
+
+def metrics_partition(batches, methods: list[str]):
+    """mapInArrow function: user_rows_spark batches (plus a boolean ``sampled``) in, per-user metric rows
+    (PER_USER_SCHEMA) out, by :func:`per_user_metrics`. A user's list of a method is their entries of it by
+    rank, then item, each item at its best rank; the methods other than 'model' are measured for the sampled
+    users only."""
+    for batch in batches:
+        users = batch.to_pylist()
+        truth = {r["user_id"]: {t["item_id"] for t in r["truth"]} for r in users}
+        counts = pd.Series({r["user_id"]: r["n_prior"] for r in users}, dtype="int64")
+        prior_items = {t["item_id"] for r in users for t in r["truth"] if not t["cold"]}
+        lists: dict[str, dict[str, list[str]]] = {m: {} for m in methods}
+        for r in users:
+            for e in sorted(r["entries"] or (), key=lambda e: (e["method"], e["rank"], e["item_id"])):
+                if not e["cold"]:
+                    prior_items.add(e["item_id"])
+                ranked = lists[e["method"]].setdefault(r["user_id"], [])
+                if e["item_id"] not in ranked:
+                    ranked.append(e["item_id"])
+        sampled = {r["user_id"] for r in users if r["sampled"]}
+        frames = []
+        for method in methods:
+            chosen = truth if method == "model" else {u: v for u, v in truth.items() if u in sampled}
+            if chosen:
+                frame = per_user_metrics(lists[method], Targets(chosen, counts, prior_items, {}))
+                frames.append(frame.assign(method=method))
+        if frames:
+            out = pd.concat(frames, ignore_index=True)[["method", "slice", "metric", "k", "user_id", "value"]]
+            yield pa.RecordBatch.from_pandas(out.astype({"k": "int32"}), preserve_index=False)
+
+
+def per_user_metrics_spark(user_rows, methods: list[str], sampled=None):
+    """(method, slice, metric, k, user_id, value): :func:`per_user_metrics` of every method's lists for the
+    target users of ``user_rows`` (from :func:`user_rows_spark`), computed on the executors. ``sampled``
+    (user_id), if given, the only target users measured for the methods other than 'model'."""
+    import functools
+
+    from pyspark.sql import functions as F
+
+    if sampled is None:
+        user_rows = user_rows.withColumn("sampled", F.lit(True))
+    else:
+        user_rows = user_rows.join(F.broadcast(sampled.withColumn("sampled", F.lit(True))), "user_id", "left") \
+            .withColumn("sampled", F.coalesce("sampled", F.lit(False)))
+    return user_rows.mapInArrow(functools.partial(metrics_partition, methods=list(methods)), PER_USER_SCHEMA)
+
+
+def _summaries(per_user, run_date: dt.date, version: str | None) -> list[dict]:
+    """The rows of ``evaluation`` from the per-user rows (:func:`summarise`'s figures): one Spark aggregation,
+    exact decimal sums, collected per (method, slice, metric, k)."""
+    from decimal import Decimal
+
+    from pyspark.sql import functions as F
+
+    sums = per_user.groupBy("method", "slice", "metric", "k").agg(
+        F.sum(F.col("value").cast(_SUM_TYPE)).alias("total"), F.count("*").alias("n")).collect()
+    by_key = {(r["method"], r["slice"], r["metric"], int(r["k"])): (Decimal(r["total"]), int(r["n"])) for r in sums}
+    rows = []
+    for (method, slice_, metric, k), (total, count) in sorted(by_key.items()):
+        if metric in ("hits", "positives"):
+            continue  # counts: they stay per user, in evaluation_users
+        value = float(total / count)
+        if slice_ in MICRO_SLICES and metric == "recall":
+            value = float(by_key[(method, slice_, "hits", k)][0]) / float(by_key[(method, slice_, "positives", k)][0])
+        rows.append({"run_date": run_date, "method": method, "slice": slice_, "metric": metric, "k": k,
+                     "value": value, "n_users": count, "model_version": version})
+    return rows
+
+
+def _baseline_rows(spark, lake: Lake, settings: Settings, run_date: dt.date):
+    """The baselines' lists (computed in the driver, see coldstart.baselines) for the target users of run_date,
+    or for a seeded sample of ``baseline_max_users`` of them: (rows (method, user_id, rank, item_id), sampled
+    users (user_id) or None for all). The chosen targets' consumed sets reach the driver: O(targets x history)."""
+    from pyspark.sql import functions as F
+
+    from coldstart.baselines import baseline_lists
+
+    chosen = user_rows_spark(spark, lake, run_date).select("user_id", "consumed")
+    if settings.baseline_max_users:
+        chosen = chosen.orderBy(F.xxhash64(F.lit(settings.seed), "user_id"), "user_id").limit(settings.baseline_max_users)
+    picked = sorted(chosen.collect(), key=lambda r: r["user_id"])
+    users = [r["user_id"] for r in picked]
+    consumed = {r["user_id"]: set(r["consumed"]) for r in picked}
+    lists = baseline_lists(spark, lake, settings, run_date - dt.timedelta(days=1), users, consumed, k=max(KS))
+    rows = [(method, user, rank, item) for method, per_user in lists.items()
+            for user, items in per_user.items() for rank, item in enumerate(items, start=1)]
+    sampled = spark.createDataFrame([(u,) for u in users], "user_id string") if settings.baseline_max_users else None
+    return spark.createDataFrame(rows, _LIST_ROWS), sampled
+
+
 def evaluate(spark, settings: Settings, run_date: dt.date, baselines: bool | None = None) -> EvaluateResult:
     """Measure the lists of run_date - 1 against the events of run_date (the protocol in the module doc), for
     the model and, with ``baselines`` (default: the setting), every baseline; replace partition run_date of
-    evaluation and evaluation_users (empty when there were no lists). Writes no report."""
+    evaluation and evaluation_users (empty when there were no lists). Writes no report.
+
+    Targets, truth and lists are one Spark aggregation per user (:func:`user_rows_spark`), the per-user values
+    are computed on the executors (:func:`per_user_metrics_spark`) and go to evaluation_users in one Delta
+    commit (Lake.write_spark); only the sums per (method, slice, metric, k) reach the driver. The baselines
+    are ranked in the driver (:func:`_baseline_rows`, setting ``baseline_max_users``)."""
+    from pyspark.sql import functions as F
+    from pyspark.storagelevel import StorageLevel
+
+    from coldstart.spark import get_session
+
     lake = Lake.from_settings(settings)
+    spark = spark or get_session(settings, app_name="coldstart-evaluate")
     list_date = run_date - dt.timedelta(days=1)
-    lists, version = model_lists(lake, list_date)
-    results: dict[str, pd.DataFrame] = {}
-    t = None
-    if lists:
-        t = targets(lake, run_date)
-        results["model"] = per_user_metrics(lists, t)
-        if settings.baselines if baselines is None else baselines:
-            from coldstart.baselines import baseline_lists
-
-            for name, b_lists in baseline_lists(spark, lake, settings, list_date, t.users, t.consumed,
-                                                k=max(KS)).items():
-                results[name] = per_user_metrics(b_lists, t)
-    else:
+    model_rows = model_list_rows_spark(spark, lake, list_date)
+    head = model_rows.agg(F.count("*").alias("n"), F.min(F.when(F.col("model_version") != F.lit("popular"), F.struct(
+        "user_id", "rank", "item_id", "model_version"))).alias("first")).first()
+    if not head["n"]:
         log.warning("evaluate %s: no recommendations for %s; nothing to evaluate", run_date, list_date)
-    rows = []
-    for method, per_user in results.items():
-        rows.extend(summarise(per_user, run_date, method, version))
-    lake.replace_partition("evaluation", pa.Table.from_pylist(rows, schema=EVALUATION.schema), run_date=run_date)
-    lake.replace_partition("evaluation_users", _user_rows(results, run_date), run_date=run_date)
-    if not results or t is None:
+        lake.replace_partition("evaluation", EVALUATION.schema.empty_table(), run_date=run_date)
+        lake.replace_partition("evaluation_users", EVALUATION_USERS.schema.empty_table(), run_date=run_date)
         return EvaluateResult(methods=[], users=0, recall_at_20={})
+    version = head["first"]["model_version"] if head["first"] is not None else None
+    methods, list_rows, sampled = ["model"], model_rows.drop("model_version"), None
+    if settings.baselines if baselines is None else baselines:
+        from coldstart.baselines import DEFAULT_PARAMS
+
+        b_rows, sampled = _baseline_rows(spark, lake, settings, run_date)
+        methods, list_rows = methods + list(DEFAULT_PARAMS), list_rows.unionByName(b_rows)
+    # on disk: the sums and the write read it (in local mode the executors' memory is the driver's)
+    per_user = per_user_metrics_spark(user_rows_spark(spark, lake, run_date, list_rows), methods, sampled) \
+        .withColumn("run_date", F.lit(run_date)).persist(StorageLevel.DISK_ONLY)
+    try:
+        rows = _summaries(per_user, run_date, version)
+        lake.replace_partition("evaluation", pa.Table.from_pylist(rows, schema=EVALUATION.schema), run_date=run_date)
+        lake.write_spark(per_user, "evaluation_users", "replace_partition", {"run_date": run_date})
+    finally:
+        per_user.unpersist()
     headline = {m: next((r["value"] for r in rows if r["method"] == m and r["slice"] == "all" and r["metric"] == "recall"
-                         and r["k"] == 20), None) for m in results}
-    log.info("evaluate %s: %d target users; recall@20 %s", run_date, len(t.users),
+                         and r["k"] == 20), None) for m in methods}
+    users = next((r["n_users"] for r in rows if r["method"] == "model" and r["slice"] == "all" and r["metric"] == "recall"
+                  and r["k"] == 20), 0)
+    log.info("evaluate %s: %d target users; recall@20 %s", run_date, users,
              ", ".join(f"{m}={v:.4f}" for m, v in headline.items() if v is not None))
-    return EvaluateResult(methods=list(results), users=len(t.users), recall_at_20=headline)
-
-
-def _user_rows(results: dict[str, pd.DataFrame], run_date: dt.date) -> pa.Table:
-    frames = [per_user.assign(method=method) for method, per_user in results.items() if not per_user.empty]
-    if not frames:
-        return EVALUATION_USERS.schema.empty_table()
-    frame = pd.concat(frames, ignore_index=True).assign(run_date=run_date)
-    return pa.Table.from_pandas(frame[EVALUATION_USERS.columns], preserve_index=False)
+    return EvaluateResult(methods=methods, users=users, recall_at_20=headline)

@@ -282,6 +282,13 @@ def window_events_spark(spark, lake: Lake, settings: Settings, run_date: dt.date
     return lake.read_spark(spark, "interactions", partitions={"run_date": window_days(settings, run_date)})
 
 
+def interactions_until_spark(spark, lake: Lake, run_date: dt.date):
+    """Every accepted interaction with run_date up to ``run_date`` (the whole history) as a Spark DataFrame."""
+    from pyspark.sql import functions as F
+
+    return lake.read_spark(spark, "interactions").filter(F.col("run_date") <= F.lit(run_date))
+
+
 def user_history_spark(spark, lake: Lake, settings: Settings, run_date: dt.date, items):
     """One row per user with any accepted interaction up to run_date, from one aggregation (one shuffle) of
     those interactions: ``n_recent`` (events in the active window, History.user_counts), ``scenes`` (the
@@ -296,7 +303,7 @@ def user_history_spark(spark, lake: Lake, settings: Settings, run_date: dt.date,
     from pyspark.sql import functions as F
 
     first = window_start(settings, run_date)
-    events = lake.read_spark(spark, "interactions").filter(F.col("run_date") <= F.lit(run_date)) \
+    events = interactions_until_spark(spark, lake, run_date) \
         .join(F.broadcast(items.select("item_id", F.lit(True).alias("_listed"))), "item_id", "left")
     # the window's events as structs that sort newest first, then by item (the orders of the lists below)
     event = F.struct((-F.unix_micros("event_ts")).alias("k"), F.col("item_id").alias("item"), F.col("scene").alias("scene"),

@@ -125,6 +125,101 @@ def test_evaluate_writes_means_and_per_user_values_and_no_report(small_lake, set
     assert not (Path(settings.reports) / "report.html").exists()  # the report is its own step, not evaluate's
 
 
+def _recs(rows: list[tuple]) -> pa.Table:
+    """(user, scene, rank, item, list) rows of recommendations(L)."""
+    return pa.Table.from_pylist(
+        [{"run_date": L, "user_id": u, "scene": sc, "rank": r, "item_id": i, "score": 1.0 / r, "model_version": "v1",
+          "user_segment": "cold", "item_is_new": False, "reason": "r", "list": name} for u, sc, r, i, name in rows],
+        schema=TABLES["recommendations"].schema)
+
+
+def test_the_stage_measures_in_spark_what_the_protocol_says(settings, spark):
+    """The stage's Spark path on a hand-made night: truth leaves out what the user consumed before D, an item
+    counts as cold only if nobody used it before D, a list is the user's main rows (both scenes, each item at
+    its best rank; the 'new' list apart), recall is capped at K, cold items are micro-averaged; and every table
+    equals the driver's reference (targets + per_user_metrics + pooled)."""
+    lake = Lake.from_settings(settings)
+    t_items = [f"t{n:02d}" for n in range(25)]
+    write_events(lake, [("u1", "x", "home", OLD), ("u1", "p", "home", L), ("u2", "z", "home", L), ("u6", "q", "home", L)]
+                 + [("u5", f"w{n % 6}", "home", L) for n in range(12)] + [("u8", t, "home", L) for t in t_items]
+                 + [("u7", "x", "home", L)]
+                 + [("u1", "x", "home", D), ("u1", "y", "home", D), ("u1", "z", "home", D), ("u2", "z", "home", D),
+                    ("u3", "y", "home", D), ("u5", "c2", "home", D), ("u5", "c3", "home", D), ("u5", "c4", "home", D),
+                    ("u6", "c1", "home", D)] + [("u7", t, "home", D) for t in t_items])
+    lake.replace_partition("recommendations", _recs(
+        [("u1", "home", 1, "p", "main"), ("u1", "home", 2, "z", "main"), ("u1", "home", 3, "q", "main"),
+         ("u1", "search", 1, "z", "main"), ("u1", "search", 2, "y", "main"), ("u1", "home", 1, "y", "new"), ("u5", "home", 1, "c3", "new"),
+         ("u5", "home", 1, "c2", "main"), ("u5", "home", 2, "w0", "main"), ("u6", "home", 1, "c1", "main")]
+        + [("u7", "home", r, t, "main") for r, t in enumerate(t_items[:20], start=1)]), run_date=L)
+    result = evaluate(spark, settings, D, baselines=False)
+    assert result.users == 4 and result.methods == ["model"]
+    ev = lake.read_pandas("evaluation").set_index(["method", "slice", "metric", "k"])
+    users = lake.read_pandas("evaluation_users")
+    assert set(users.user_id) == {"u1", "u5", "u6", "u7"}  # u2 only repeated z, u3 had nothing before D
+    # u1: truth {y, z} (x was consumed), list [p, z, y, q] (z at its best rank, the new list's y apart)
+    assert _metric(users, "u1", "all", "recall", 10) == 1.0
+    assert math.isclose(_metric(users, "u1", "all", "ndcg", 10),
+                        (1 / math.log2(3) + 1 / math.log2(4)) / (1 + 1 / math.log2(3)), rel_tol=1e-15)
+    assert _metric(users, "u1", "cold_items", "positives", 10) == 1.0  # y; z was used (by u2) before D
+    assert _metric(users, "u1", "cold_only", "ndcg", 10) == 1.0        # the cold-only list is [y]
+    # u7: 25 positives, 10 found in the top 10: capped 1, plain 0.4; 20 of 20 in the top 20
+    assert _metric(users, "u7", "all", "recall", 10) == 1.0 and _metric(users, "u7", "all", "recall_plain", 10) == 0.4
+    assert _metric(users, "u7", "all", "recall", 20) == 1.0 and users[users.user_id == "u7"].slice.isin(
+        ["cold_items", "cold_only"]).sum() == 0
+    assert math.isclose(ev.loc[("model", "all", "recall", 10), "value"], (1 + 1 / 3 + 1 + 1) / 4, rel_tol=1e-15)
+    assert ev.loc[("model", "warm_users", "recall", 10), "n_users"] == 1  # u5: 12 events before D
+    # cold items micro-averaged: u1 1 of 1, u5 1 of 3, u6 1 of 1 -> 3 / 5 (the mean of shares would be 7/9)
+    assert ev.loc[("model", "cold_items", "recall", 10), "value"] == 0.6
+    assert ev.loc[("model", "cold_items", "recall", 10), "n_users"] == 3
+    assert ev["model_version"].eq("v1").all()
+    # the driver's reference on the same night: the same rows, the same values
+    from coldstart.evaluate import model_lists
+
+    reference = per_user_metrics(model_lists(lake, L)[0], targets(lake, D))
+    key = ["slice", "metric", "k", "user_id"]
+    got = users.drop(columns=["run_date", "method"]).sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got[key + ["value"]], reference.sort_values(key).reset_index(drop=True)[key + ["value"]],
+                                  check_dtype=False, check_exact=True)
+    means = pooled(reference).set_index(["method", "slice", "metric", "k"])
+    means = means[~means.index.get_level_values("metric").isin(["hits", "positives"])]
+    assert sorted(means.index) == sorted(ev.index)
+    for index, row in means.iterrows():
+        assert math.isclose(ev.loc[index, "value"], row.value, rel_tol=1e-12) and ev.loc[index, "n_users"] == row.n
+
+
+def test_baselines_are_measured_on_a_seeded_sample_of_at_most_baseline_max_users(settings, spark, monkeypatch):
+    """With baseline_max_users = N the baselines rank N target users, the same ones for every baseline and on
+    every run, while the model is measured on every target user."""
+    from coldstart import baselines
+
+    lake = Lake.from_settings(settings)
+    write_events(lake, [(f"u{n}", "old", "home", L) for n in range(12)] + [(f"u{n}", f"i{n}", "home", D) for n in range(12)])
+    lake.replace_partition("recommendations", _recs([(f"u{n}", "home", 1, f"i{n}", "main") for n in range(12)]),
+                           run_date=L)
+    asked: list[list[str]] = []
+
+    def lists(spark, lake, settings, list_date, users, consumed, k, params=None):
+        asked.append(list(users))
+        assert all(consumed[u] == {"old"} for u in users)
+        return {m: {u: [f"i{int(u[1:]) + 1}", u.replace("u", "i")] for u in users} for m in baselines.DEFAULT_PARAMS}
+
+    monkeypatch.setattr(baselines, "baseline_lists", lists)
+    sampled = settings.replace(baseline_max_users=5)
+    evaluate(spark, sampled, D)
+    evaluate(spark, sampled, D)
+    assert len(asked) == 2 and asked[0] == asked[1] and len(asked[0]) == 5
+    users = lake.read_pandas("evaluation_users")
+    k20 = users[(users.slice == "all") & (users.metric == "recall") & (users.k == 20)]
+    per_method = k20.groupby("method").user_id.apply(set)
+    assert per_method["model"] == {f"u{n}" for n in range(12)}
+    assert all(per_method[m] == set(asked[0]) for m in baselines.DEFAULT_PARAMS)
+    ndcg = users[(users.slice == "all") & (users.metric == "ndcg") & (users.method != "model")]
+    assert len(ndcg) == 2 * 5 * len(baselines.DEFAULT_PARAMS)
+    assert np.allclose(ndcg.value, 1 / math.log2(3))  # each baseline's second item is the user's one positive
+    ev = lake.read_pandas("evaluation")
+    assert set(ev[(ev.slice == "all") & (ev.metric == "recall") & (ev.k == 20)].set_index("method").n_users) == {12, 5}
+
+
 # --------------------------------------------------------------------------------------------
 # baselines on a tiny structured world: two topics, steep popularity inside each
 # --------------------------------------------------------------------------------------------
