@@ -102,14 +102,14 @@ def test_target_users_and_truth_follow_the_protocol(small_lake):
     assert t.consumed == {"u1": {"x", "p"}, "u2": {"z"}} and t.prior_items == {"x", "p", "z"}
 
 
-def test_evaluate_writes_means_and_per_user_values_and_no_report(small_lake, settings):
+def test_evaluate_writes_means_and_per_user_values_and_no_report(small_lake, settings, spark):
     recs = [{"run_date": L, "user_id": "u1", "scene": "home", "rank": r, "item_id": i, "score": 1.0 / r,
              "model_version": "v1", "user_segment": "cold", "item_is_new": i == "y", "reason": "r"}
             for r, i in enumerate(["q", "y"], start=1)]
     small_lake.replace_partition("recommendations", pa.Table.from_pylist(recs, schema=TABLES["recommendations"].schema),
                                  run_date=L)
     for _ in range(2):  # a rerun replaces its partition
-        result = evaluate(None, settings, D, baselines=False)
+        result = evaluate(spark, settings, D, baselines=False)
     assert result.methods == ["model"] and result.users == 1
     ev = small_lake.read_pandas("evaluation")
     users = small_lake.read_pandas("evaluation_users")
