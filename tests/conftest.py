@@ -277,7 +277,8 @@ def s3_night(spark, s3_endpoint):
 @pytest.fixture(scope="session")
 def cluster_night(spark_cluster, spark, session_dir):
     """The bootstrap night of a small replay run twice on one landing zone: as ``coldstart run`` against the
-    standalone cluster (a fresh driver process, Spark's event log on), and in-process on local[2].
+    standalone cluster (a fresh driver process, Spark's event log on), and in-process on local[2], both
+    training with ``train_processes=2``.
     Yields (cluster settings, local settings, day, event log folder)."""
     from coldstart.pipeline import run_days
     from coldstart.replay import replay
@@ -285,7 +286,10 @@ def cluster_night(spark_cluster, spark, session_dir):
     root = session_dir / "cluster_night"
     # One torch thread per Python worker on both sides: a float sum's last bit may depend on how many threads
     # share it, and the cluster's tasks would otherwise get spark.task.cpus (1) against local mode's share.
-    base = dict(landing=str(root / "landing"), baselines=False, encoder_threads=1)
+    # Training on two data-parallel ranks on both sides (TorchDistributor: barrier tasks on the cluster's two
+    # 1-core executors, two processes on the driver's host in local mode): the same seed and N give the same
+    # checkpoint, so every table can still be compared exactly.
+    base = dict(landing=str(root / "landing"), baselines=False, encoder_threads=1, train_processes=2)
     on_cluster = make_settings(root / "cluster", **base)
     on_local = make_settings(root / "local", **base)
     plan = replay(on_cluster.landing, START, days=1, users_limit=15)
@@ -294,7 +298,7 @@ def cluster_night(spark_cluster, spark, session_dir):
     events.mkdir(parents=True)
     env = {**os.environ, **NIGHT_ENV, "COLDSTART_LANDING": on_cluster.landing, "COLDSTART_LAKE": on_cluster.lake,
            "COLDSTART_MODELS": on_cluster.models, "COLDSTART_REPORTS": on_cluster.reports, "COLDSTART_BASELINES": "false",
-           "COLDSTART_ENCODER_THREADS": "1",
+           "COLDSTART_ENCODER_THREADS": "1", "COLDSTART_TRAIN_PROCESSES": "2",
            "COLDSTART_SPARK_MASTER": spark_cluster, "COLDSTART_SPARK_DRIVER_MEMORY": "1g",
            # Spark 4 rolls and zstd-compresses event logs by default: one plain JSON file is what the test reads.
            "PYSPARK_SUBMIT_ARGS": f"--conf spark.eventLog.enabled=true --conf spark.eventLog.dir=file://{events} "

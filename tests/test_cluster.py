@@ -1,5 +1,7 @@
-"""A night on a real standalone Spark cluster (a master and two workers, separate JVMs and executors):
-its tasks run on both executors and its tables equal those of the same night on local[2]."""
+"""A night on a real standalone Spark cluster (a master and two workers, separate JVMs and executors), trained
+with ``train_processes=2`` (TorchDistributor's two ranks are barrier tasks, one on each 1-core executor):
+its tasks run on both executors and its tables equal those of the same night on local[2] with two ranks too
+(same seed and N: the same checkpoint, so the model_registry checksum and every score are equal exactly)."""
 
 from __future__ import annotations
 
@@ -81,3 +83,21 @@ def test_stage_runs_name_the_cluster_and_its_application(cluster_night):
     assert spark_stages["spark_app_id"].str.startswith("app-").all()
     local = Lake.from_settings(on_local).read_pandas("stage_runs")
     assert set(local[local["stage"] == "ingest"]["spark_master"]) == {"local[2]"}
+
+
+def test_both_nights_trained_on_two_ranks_and_the_cluster_ran_them_as_a_barrier_stage(cluster_night):
+    from coldstart.model import Checkpoint
+
+    on_cluster, on_local, day, events_dir = cluster_night
+    for settings in (on_cluster, on_local):
+        reg = Lake.from_settings(settings).read_pandas("model_registry")
+        ckpt = Checkpoint.load(reg[reg["run_date"] == day]["checkpoint_uri"].iloc[0])
+        assert ckpt.config["train_processes"] == 2, settings.lake
+    # TorchDistributor's ranks: one barrier stage of two tasks, one on each executor
+    events = _events(events_dir)
+    barrier = {e["Stage Info"]["Stage ID"] for e in events if e["Event"] == "SparkListenerStageSubmitted"
+               and e["Stage Info"].get("RDD Info") and any(r.get("Barrier") for r in e["Stage Info"]["RDD Info"])}
+    tasks = [e for e in events if e["Event"] == "SparkListenerTaskEnd" and e["Stage ID"] in barrier
+             and e["Task End Reason"]["Reason"] == "Success"]
+    added = {e["Executor ID"] for e in events if e["Event"] == "SparkListenerExecutorAdded"}
+    assert barrier and len(tasks) == 2 and {t["Task Info"]["Executor ID"] for t in tasks} == added, (barrier, tasks)
