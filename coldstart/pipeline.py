@@ -163,19 +163,27 @@ def settings_hash(settings: Settings) -> str:
     return hashlib.sha256(json.dumps(settings.as_dict(), sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _jvm_peak_rss(spark) -> int | None:
-    """VmHWM (peak resident set) of the driver's JVM, or None without a session or /proc."""
-    if spark is None:
-        return None
+def _vm_hwm(pid: str) -> int | None:
+    """VmHWM (peak resident set of the process's own address space) in bytes from /proc, or None."""
     try:
-        pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) * 1024
-    except Exception:  # noqa: BLE001 - a gauge, never a reason to fail a night
+    except OSError:
         return None
     return None
+
+
+def _jvm_peak_rss(spark) -> int | None:
+    """VmHWM of the driver's JVM, or None without a session or /proc."""
+    if spark is None:
+        return None
+    try:
+        pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
+    except Exception:  # noqa: BLE001 - a gauge, never a reason to fail a night
+        return None
+    return _vm_hwm(str(pid))
 
 
 def python_peak_rss() -> int:
@@ -184,13 +192,9 @@ def python_peak_rss() -> int:
     Not ``getrusage().ru_maxrss``: Linux carries that across exec, so a stage process started by a large
     parent (a benchmark, Airflow's task supervisor) would report the parent's size as its own peak. Falls
     back to ru_maxrss where /proc is missing."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = _vm_hwm("self")
+    if peak is not None:
+        return peak
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux, bytes on macOS: a gauge

@@ -486,3 +486,21 @@ def test_synth_day_through_spark_lands_broken_rows_in_quarantine(spark, tmp_path
     assert result.sources["interactions"].rows_duplicate == summary.interactions["broken"]["duplicate"]
     assert result.sources["interactions"].rows_accepted == summary.interactions["valid"]
     assert lake.read_arrow("users", columns=["user_id"]).num_rows >= cfg.users
+
+
+def test_huge_epoch_seconds_are_bad_timestamps_without_a_float_overflow():
+    """Epoch seconds beyond datetime64[us] (1e308, inf) are quarantined as bad timestamps without a
+    numpy overflow warning (CI printed one; `-W error` would turn it into a failed ingest)."""
+    import warnings
+
+    import numpy as np
+
+    from coldstart.ingest.validate import _parse_ts, _Verdict
+
+    values = [1e308, float("inf"), 1_700_000_000, "1700000000.5"]
+    verdict = _Verdict([None] * len(values), [None] * len(values))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = _parse_ts(values, verdict, "ts", required=True)
+    assert np.isnat(out[:2]).all() and list(verdict.reason[:2]) == ["bad_timestamp", "bad_timestamp"]
+    assert out[2] == np.datetime64("2023-11-14T22:13:20", "us") and out[3] == np.datetime64("2023-11-14T22:13:20.5", "us")

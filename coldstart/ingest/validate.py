@@ -146,7 +146,7 @@ def _parse_ts(values: list, verdict: _Verdict, field: str, required: bool) -> np
         rows = np.flatnonzero(epoch)
         seconds = np.array([_float(values[i]) for i in rows], dtype=np.float64)
         usable = np.isfinite(seconds) & (np.abs(seconds) < 1e11)
-        micros = np.where(usable, np.round(seconds * 1e6), 0).astype(np.int64)
+        micros = np.round(np.where(usable, seconds, 0.0) * 1e6).astype(np.int64)  # no overflow on the unusable
         out[rows[usable]] = micros[usable].astype("datetime64[us]")
     iso = is_text & ~numeric_text
     if iso.any():
