@@ -62,7 +62,8 @@ def stage_row(root: Path, day: dt.date, stage: str) -> dict:
     return runs.iloc[0].to_dict()
 
 
-def world(users: int, root: Path, before: Path | None, reuse: bool = False) -> list[dict]:
+def world(users: int, root: Path, before: Path | None, reuse: bool = False,
+          stages: tuple[str, ...] = STAGES) -> list[dict]:
     """Build the world of ``users`` and run its nights (``reuse``: keep the lake of an earlier run of this
     size and rerun night 3 only, stage by stage; every stage is idempotent for its date)."""
     from coldstart.synth import SynthConfig, synth
@@ -74,13 +75,14 @@ def world(users: int, root: Path, before: Path | None, reuse: bool = False) -> l
     if not reuse:
         shutil.rmtree(root, ignore_errors=True)
         synth(root / "landing", cfg)
-        nights = run_cli(env, ROOT, "run", "--from", str(days[0]), "--to", str(days[-2]))
+        # nights 1-2 run the same stages (train's figure needs no score or evaluate before it)
+        nights = run_cli(env, ROOT, "run", "--from", str(days[0]), "--to", str(days[-2]), "--stages", ",".join(stages))
         print(f"[{users}] nights 1-2: {nights:.0f} s", flush=True)
     elif not (root / "lake").exists():
         raise SystemExit(f"--reuse: no lake at {root / 'lake'}; run this size once without --reuse")
     rows = []
     last = days[-1]
-    for stage in STAGES:
+    for stage in stages:
         if stage == "score" and before is not None:
             wall = run_cli(env, before, "run", "--date", str(last), "--stages", stage)
             rows.append({"users": users, "code": "before", "wall": wall, **stage_row(root, last, stage)})
@@ -128,10 +130,14 @@ def main() -> None:
     parser.add_argument("--before", default=None, help="another checkout whose score stage runs beside this one's")
     parser.add_argument("--output", default=None)
     parser.add_argument("--reuse", action="store_true", help="rerun night 3 on the lakes an earlier run left in --work")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="the stages to run (on a fresh world nights 1-2 run them too, so a prefix of the "
+                             "stages; with --reuse night 3 only, any subset)")
     args = parser.parse_args()
     rows = []
     for users in args.users:
-        rows += world(users, Path(args.work) / str(users), Path(args.before) if args.before else None, args.reuse)
+        rows += world(users, Path(args.work) / str(users), Path(args.before) if args.before else None, args.reuse,
+                      tuple(args.stages))
         text = table(rows) + "\n\n" + ratios(rows) + "\n"
         print(text, flush=True)
         if args.output:

@@ -53,7 +53,7 @@ def _run(stage: str, args: argparse.Namespace) -> int:
 
     settings = Settings.load(args.config)
     check_start(settings, STAGES[STAGES.index(stage):], [args.run_date], args.top_k)
-    spark = get_session(settings, app_name=f"coldstart-{stage}-{args.run_date}") if needs_spark(stage) else None
+    spark = get_session(settings, app_name=f"coldstart-{stage}-{args.run_date}") if needs_spark(stage, settings) else None
     try:
         result = run_stage(stage, settings, args.run_date, spark=spark, full_retrain=args.full_retrain, top_k=args.top_k)
         logging.getLogger("coldstart.jobs").info("%s %s: %s", stage, args.run_date, result.as_dict())

@@ -49,8 +49,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
             ConcurrentWriteError, RetentionError, duckdb.Error)
 
 
-def needs_spark(stage: str) -> bool:
-    return stage in SPARK_STAGES
+def needs_spark(stage: str, settings: Settings | None = None) -> bool:
+    """Whether ``stage`` runs Spark jobs (train does with ``train_processes`` > 1: its ranks' shards and the
+    TorchDistributor; with 1 it trains in this process and needs no JVM)."""
+    return stage in SPARK_STAGES or (stage == "train" and settings is not None and settings.train_processes > 1)
 
 
 LOCATIONS = ("landing", "lake", "models", "reports")
@@ -120,7 +122,7 @@ def run_stage(stage: str, settings: Settings, run_date: dt.date, spark=None, ful
     lake = Lake.from_settings(settings)
     lake.check_tables(STAGE_TABLES[stage])  # a damaged log fails the stage before it reads or writes
     night = lake.begin_night(run_date, stage, settings.retention_days)  # refuses a re-run whose versions were vacuumed
-    if spark is None and needs_spark(stage):
+    if spark is None and needs_spark(stage, settings):
         from coldstart.spark import get_session
         spark = get_session(settings, app_name=f"coldstart-{stage}")
     started_at = dt.datetime.now(dt.timezone.utc)
@@ -307,7 +309,7 @@ def run_days(settings: Settings, dates: Iterable[dt.date], stages: Iterable[str]
         dates += later_nights(settings, dates)
     stages = [s for s in stages if s not in set(skip)]
     check_start(settings, stages, dates, top_k)
-    if spark is None and any(needs_spark(s) for s in stages):  # train (or evaluate) alone needs no JVM
+    if spark is None and any(needs_spark(s, settings) for s in stages):  # train (or evaluate) alone needs no JVM
         spark = get_session(settings)
     results: dict[tuple[dt.date, str], StageResult] = {}
     for day in dates:

@@ -54,10 +54,13 @@ def checkpoint_dir(settings: Settings, run_date: dt.date) -> str:
     return storage.join(storage.normalize(settings.models), run_date.isoformat())
 
 
-def load_prior(lake: Lake, run_date: dt.date):
+def load_prior(lake: Lake, run_date: dt.date, verify_only: bool = False):
     """The model of run_date - 1 as registered (its ready model_registry row's checkpoint, verified against
-    the row's checksum) as (checkpoint, row, None), or (None, None, why) when there is no usable one."""
+    the row's checksum) as (checkpoint, row, None), or (None, None, why) when there is no usable one.
+    ``verify_only``: every file is checked against the manifest but only the config is loaded (a
+    :class:`coldstart.model.checkpoint.CheckpointRef`: the data-parallel ranks load the model themselves)."""
     from coldstart.model import Checkpoint, CheckpointError
+    from coldstart.model.checkpoint import CheckpointRef
 
     prior_date = run_date - dt.timedelta(days=1)
     row = registry_row(lake, prior_date)
@@ -67,6 +70,8 @@ def load_prior(lake: Lake, run_date: dt.date):
     if not storage.exists(storage.join(path, "MANIFEST.json")):
         return None, None, f"no checkpoint for {prior_date} at {path} (registered as {row['model_version']})"
     try:
+        if verify_only:
+            return CheckpointRef.verify(path, expected_checksum=row["checksum"]), row, None
         return Checkpoint.load(path, expected_checksum=row["checksum"]), row, None
     except CheckpointError as exc:
         return None, None, f"checkpoint {row['model_version']} at {path} is unusable: {exc}"
@@ -162,27 +167,27 @@ def train(spark, settings: Settings, run_date: dt.date, full_retrain: bool = Fal
     publish its checkpoint and register it as D's ready model. Raises NoTrainingDataError without events."""
     lake = Lake.from_settings(settings)
     items = content_vectors(lake, settings, "item")
-    prior, parent, mode = _starting_point(lake, settings, run_date, items, full_retrain)
+    sharded = settings.train_processes > 1
+    prior, parent, mode = _starting_point(lake, settings, run_date, items, full_retrain, verify_only=sharded)
+    if sharded:
+        return _train_sharded(spark, lake, settings, run_date, items, prior, parent, mode)
     events, validation = _training_events(lake, settings, run_date, warm=prior is not None)
     data = _training_data(lake, settings, run_date, events, validation, items)
     log.info("train %s: mode=%s on %d events (%d users, %d items)%s", run_date, mode, len(events),
              events["user_id"].nunique(), events["item_id"].nunique(), f"; parent {prior.checksum[:8]}" if prior else "")
-    if settings.train_processes > 1:
-        from coldstart.model.distributed import train_distributed
+    from coldstart.model import train as train_model
 
-        ckpt = train_distributed(spark, data, settings, prior=prior)
-    else:
-        from coldstart.model import train as train_model
-
-        ckpt = train_model(data, settings, prior=prior)
-    return _publish(lake, settings, run_date, ckpt, mode, parent, len(events))
+    ckpt = train_model(data, settings, prior=prior)
+    path, checksum = publish_checkpoint(ckpt, checkpoint_dir(settings, run_date))
+    return _register(lake, run_date, path, checksum, ckpt.metrics, mode, parent, len(events))
 
 
 def _starting_point(lake: Lake, settings: Settings, run_date: dt.date, items: dict,
-                    full_retrain: bool) -> tuple[Any, dict | None, str]:
+                    full_retrain: bool, verify_only: bool = False) -> tuple[Any, dict | None, str]:
     """(prior checkpoint or None, its registry row or None, mode): warm from D-1's model when it is usable
-    and compatible, else full (asked for) or cold (logged, with why)."""
-    prior, parent, why = (None, None, "full retrain requested") if full_retrain else load_prior(lake, run_date)
+    and compatible, else full (asked for) or cold (logged, with why). ``verify_only``: see load_prior."""
+    prior, parent, why = ((None, None, "full retrain requested") if full_retrain
+                          else load_prior(lake, run_date, verify_only=verify_only))
     if prior is not None:
         why = _incompatible(prior, settings, items)
         prior = None if why else prior
@@ -235,16 +240,185 @@ def _training_data(lake: Lake, settings: Settings, run_date: dt.date, events: pd
         **item_state_inputs(lake, events["run_date"], catalogue))
 
 
-def _publish(lake: Lake, settings: Settings, run_date: dt.date, ckpt, mode: str, parent: dict | None,
-             n_events: int) -> TrainResult:
-    """Publish the checkpoint under ``<models>/<run_date>`` and register it (with its parent) as D's model."""
-    path, checksum = publish_checkpoint(ckpt, checkpoint_dir(settings, run_date))
+def _register(lake: Lake, run_date: dt.date, path: str, checksum: str, metrics: dict, mode: str,
+              parent: dict | None, n_events: int) -> TrainResult:
+    """Register the checkpoint published at ``path`` (with its parent) as D's ready model."""
     version = f"{run_date.isoformat()}-{checksum[:8]}"
     result = TrainResult(model_version=version, run_date=run_date,
                          parent_version=parent["model_version"] if parent else None, mode=mode,
                          checkpoint_uri=str(path), checksum=checksum,
-                         metrics=json.dumps({**ckpt.metrics, "events": n_events}, sort_keys=True, default=str),
+                         metrics=json.dumps({**metrics, "events": n_events}, sort_keys=True, default=str),
                          status="ready", created_at=dt.datetime.now(dt.timezone.utc))
     register(lake, result.as_dict())
     log.info("train %s: model %s (%s) written to %s", run_date, version, mode, path)
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# train_processes > 1: the events and the users' inputs go from the lake to each rank through Spark; the
+# driver holds O(items x dim) (coldstart/model/distributed.py).
+# ---------------------------------------------------------------------------------------------------------
+def _holdout_share(n: int, scope_today: bool) -> float:
+    """The held-out share of the sharded path: the same expected count as the single process's split (a
+    warm night: VALIDATION_FRACTION of today's n events; otherwise of all n, at most VALIDATION_MAX)."""
+    from coldstart.model import VALIDATION_FRACTION, VALIDATION_MAX, VALIDATION_MIN_EVENTS
+
+    if n < VALIDATION_MIN_EVENTS:
+        return 0.0
+    wanted = max(1, int(round(n * VALIDATION_FRACTION)))
+    return (wanted if scope_today else min(VALIDATION_MAX, wanted)) / n
+
+
+def _sharded_events(spark, lake: Lake, settings: Settings, run_date: dt.date, warm: bool):
+    """The training events as a Spark DataFrame (user_id, item_id, scene, value: the rating or NaN, day, val:
+    held out, _rank): warm, day D and the replay sample (the same events as the single process's
+    ``_replay_sample``: the same seeded hash of event_id) with a seeded share of D's events held out;
+    otherwise all history up to D, a seeded share held out. Whether an event is held out depends on a
+    seeded hash of its event_id alone (not on the file layout or on the other events)."""
+    from pyspark.sql import functions as F
+
+    from coldstart.model import VALIDATION_MIN_EVENTS
+    from coldstart.model.distributed import RANK_COLUMN, rank_column
+
+    sizes = {day: rows for day, rows in lake.partition_rows("interactions", "run_date").items() if rows}
+    n_today = int(sizes.get(run_date, 0))
+    fractions: dict[int, float] = {}
+    if warm:
+        replay = {d: n for d, n in sizes.items() if run_date - dt.timedelta(days=REPLAY_DAYS) <= d < run_date}
+        days = sorted(replay)
+        if settings.train_replay_sample > 0 and days:
+            ages = np.array([(run_date - d).days for d in days], dtype=np.float64)
+            keep = _replay_fractions(ages, np.array([replay[d] for d in days]), settings.train_replay_sample,
+                                     REPLAY_HALF_LIFE_DAYS)
+            fractions = {int(day_numbers([d])[0]): float(f) for d, f in zip(days, keep)}
+        read = [*days, run_date]
+        scope_today = n_today >= VALIDATION_MIN_EVENTS
+        share = _holdout_share(n_today if scope_today else n_today + settings.train_replay_sample, scope_today)
+    else:
+        read = [d for d in sizes if d <= run_date]
+        scope_today = False
+        share = _holdout_share(sum(n for d, n in sizes.items() if d <= run_date), False)
+    frame = lake.read_spark(spark, "interactions", partitions={"run_date": read}) \
+        .filter(F.col("run_date") <= F.lit(run_date)) \
+        .select("user_id", "item_id", "scene", "event_id",
+                F.when(F.col("event_type") == "rate", F.col("value").cast("double")).alias("value"),
+                F.datediff(F.col("run_date"), F.lit(dt.date(1970, 1, 1))).cast("long").alias("day"))
+    today = int(day_numbers([run_date])[0])
+    replay_key = hashlib.blake2b(f"{settings.seed}/{run_date.isoformat()}".encode(), digest_size=8).hexdigest()
+    holdout_key = hashlib.blake2b(f"{settings.seed}/{run_date.isoformat()}/holdout".encode(), digest_size=8).hexdigest()
+
+    def pick(batches):
+        for batch in batches:
+            ids = batch["event_id"].to_numpy(dtype=object)
+            day = batch["day"].to_numpy(np.int64)
+            keep = (day == today) if warm else np.ones(len(day), dtype=bool)
+            if fractions:
+                draw = pd.util.hash_array(ids, hash_key=replay_key, categorize=False) / float(2 ** 64)
+                keep |= draw < pd.Series(day).map(fractions).fillna(0.0).to_numpy()
+            held = pd.util.hash_array(ids, hash_key=holdout_key, categorize=False) / float(2 ** 64) < share
+            if scope_today:
+                held &= day == today
+            out = batch.loc[keep, ["user_id", "item_id", "scene", "value", "day"]].copy()
+            out["value"] = out["value"].astype(np.float64)
+            out["val"] = held[keep]
+            yield out
+
+    schema = "user_id string, item_id string, scene string, value double, day long, val boolean"
+    return frame.mapInPandas(pick, schema).withColumn(RANK_COLUMN, rank_column(settings.train_processes))
+
+
+def _train_sharded(spark, lake: Lake, settings: Settings, run_date: dt.date, items: dict, prior, parent: dict | None,
+                   mode: str) -> TrainResult:
+    """train() with train_processes > 1: Spark writes each rank's events, recent window and profiles to a scratch
+    folder beside the checkpoints; the driver collects the per-item inputs only; rank 0 publishes."""
+    import functools
+
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from coldstart.features import daily_item_counts_spark, profiles_spark, window_days
+    from coldstart.model.distributed import (RANK_COLUMN, SharedInputs, _scratch, rank_column, train_sharded,
+                                             write_rank_shards)
+
+    world = int(settings.train_processes)
+    events = _sharded_events(spark, lake, settings, run_date, warm=prior is not None).persist(StorageLevel.MEMORY_AND_DISK)
+    folder = _scratch(settings)
+    try:
+        stats = events.agg(
+            F.count(F.lit(1)).alias("n"), F.countDistinct("user_id").alias("users"),
+            F.sum(F.when(~F.isnan("value"), F.col("value").cast("decimal(38,12)"))).alias("rated_sum"),
+            F.count(F.when(~F.isnan("value"), True)).alias("rated"),
+            F.min("day").alias("first"), F.max("day").alias("last")).collect()[0]
+        if not stats["n"]:
+            raise NoTrainingDataError(f"train {run_date}: no interactions to train on (run ingest for {run_date} first)")
+        write_rank_shards(events, storage.join(folder, "events"), world)
+        write_rank_shards(events.select("user_id").distinct().withColumn(RANK_COLUMN, F.lit(0)),
+                          storage.join(folder, "users"), world)
+        train_counts = {int(r[RANK_COLUMN]): int(r["n"]) for r in
+                        events.filter(~F.col("val")).groupBy(RANK_COLUMN).count().withColumnRenamed("count", "n").collect()}
+        item_first = {r["item_id"]: int(r["day"]) for r in events.groupBy("item_id").agg(F.min("day").alias("day")).collect()}
+        scenes = sorted(r["scene"] for r in events.select("scene").distinct().collect())
+        window = lake.read_spark(spark, "interactions", partitions={"run_date": window_days(settings, run_date)}) \
+            .filter(F.col("run_date") <= F.lit(run_date)).select("user_id", "item_id", "event_ts")
+        write_rank_shards(window.withColumn(RANK_COLUMN, rank_column(world)), storage.join(folder, "recent"), world)
+        write_rank_shards(profiles_spark(spark, lake, settings).withColumn(RANK_COLUMN, rank_column(world)),
+                          storage.join(folder, "profiles"), world)
+
+        first, last = (dt.date(1970, 1, 1) + dt.timedelta(days=int(stats[k])) for k in ("first", "last"))
+        counts = daily_item_counts_spark(spark, lake, first - dt.timedelta(days=POPULARITY_DAYS), last) \
+            .sort_values(["item_id", "day"], kind="stable").reset_index(drop=True)
+        catalogue = lake.read_pandas("items", columns=["item_id", "first_seen", "first_interaction"])
+        interacted = catalogue.dropna(subset=["first_interaction"])
+        first_interaction = dict(zip(interacted["item_id"], (int(d) for d in day_numbers(interacted["first_interaction"]))))
+        fresh_from = min(first_interaction.values()) if first_interaction else None
+        for item, day in item_first.items():
+            first_interaction[item] = min(day, first_interaction.get(item, day))
+        rated = int(stats["rated"])
+        shared = SharedInputs(
+            item_content=items, items=sorted(item_first), scenes=scenes,
+            item_first_seen=dict(zip(catalogue["item_id"], (int(d) for d in day_numbers(catalogue["first_seen"])))),
+            item_first_interaction=first_interaction, fresh_from=fresh_from, item_day_counts=counts,
+            rating_mean=float(stats["rated_sum"] / rated) if rated else 0.0, n_events=int(stats["n"]),
+            prior_uri=prior.uri if prior is not None else None, prior_checksum=prior.checksum if prior is not None else None)
+        log.info("train %s: mode=%s on %d events (%d users, %d items) on %d ranks%s", run_date, mode, stats["n"],
+                 stats["users"], len(item_first), world, f"; parent {prior.checksum[:8]}" if prior else "")
+        publish = functools.partial(publish_checkpoint, home=checkpoint_dir(settings, run_date))
+        path, checksum, metrics = train_sharded(spark, settings, folder, shared,
+                                                [train_counts.get(r, 0) for r in range(world)], rank_training_data,
+                                                publish)
+    finally:
+        events.unpersist()
+        storage.delete(folder)
+    return _register(lake, run_date, path, checksum, metrics, mode, parent, int(stats["n"]))
+
+
+def rank_training_data(folder: str, rank: int, shared) -> Any:
+    """Rank ``rank``'s TrainingData from the shards :func:`_train_sharded` wrote: its users' events (sorted, so
+    that the rows do not depend on Spark's partitioning), their content pooled from the recent window and
+    the events as the single process pools it, their latest items and the shared item state."""
+    from coldstart import model as M
+    from coldstart.model.distributed import read_rank_shard
+
+    table = read_rank_shard(storage.join(folder, "events"), rank)
+    if table is None:
+        raise ValueError(f"rank {rank}: no training events in its shard")
+    events = coded_frame(table).sort_values(["user_id", "item_id", "scene", "day", "val", "value"],
+                                            kind="stable", na_position="last").reset_index(drop=True)
+    recent_table = read_rank_shard(storage.join(folder, "recent"), rank)
+    recent = (pd.DataFrame({"user_id": pd.Series(dtype=object), "item_id": pd.Series(dtype=object),
+                            "event_ts": pd.Series(dtype="datetime64[ns, UTC]")}) if recent_table is None
+              else coded_frame(recent_table).sort_values(["user_id", "item_id", "event_ts"], kind="stable")
+              .reset_index(drop=True))
+    profile_table = read_rank_shard(storage.join(folder, "profiles"), rank)
+    profiles = {} if profile_table is None else dict(zip(
+        profile_table.column("user_id").to_pylist(),
+        (np.asarray(v, dtype=np.float32) for v in profile_table.column("profile").to_pylist())))
+    pairs = concat_coded([recent[["user_id", "item_id"]], events[["user_id", "item_id"]]]).drop_duplicates()
+    latest = latest_items(recent)
+    return M.TrainingData(
+        user_ids=events["user_id"].to_numpy(), item_ids=events["item_id"].to_numpy(), scenes=events["scene"].to_numpy(),
+        values=events["value"].to_numpy(np.float64), item_content=shared.item_content,
+        user_content=user_content(pairs, shared.item_content, profiles), validation_mask=events["val"].to_numpy(bool),
+        history_user_ids=latest["user_id"], history_item_ids=latest["item_id"], event_days=events["day"].to_numpy(np.int64),
+        item_day_counts=shared.item_day_counts, item_first_seen=shared.item_first_seen,
+        item_first_interaction=shared.item_first_interaction, fresh_from=shared.fresh_from)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -77,7 +79,9 @@ def test_two_ranks_match_one_process_and_repeat_exactly(spark, world, tmp_path):
     again = train_distributed(spark, data, _settings(tmp_path, train_processes=2))
     assert two.save(tmp_path / "a") == again.save(tmp_path / "b")  # same seed and N: the same checkpoint
     assert two.config["train_processes"] == 2 and two.metrics["n_train"] == one.metrics["n_train"]
-    assert two.metrics["n_val"] == one.metrics["n_val"] and two.metrics["epochs"] == 8
+    # sharded by user: rank 0 evaluates on its own users' held-out rows, about half of them
+    assert 0.25 * one.metrics["n_val"] < two.metrics["n_val"] < 0.75 * one.metrics["n_val"]
+    assert two.metrics["epochs"] == 8
     r1, r2 = _recall_at_20(one, world), _recall_at_20(two, world)
     chance = 20 / (TOPICS * ITEMS_PER_TOPIC)
     assert r1.mean() > 2 * chance and r2.mean() > 2 * chance, (r1.mean(), r2.mean())
@@ -89,3 +93,46 @@ def test_two_ranks_match_one_process_and_repeat_exactly(spark, world, tmp_path):
 def test_one_process_needs_no_distributor(tmp_path, world):
     with pytest.raises(ValueError, match="train_processes >= 2"):
         train_distributed(None, world[0], _settings(tmp_path))
+
+
+def _refuse(what: str):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the driver {what} with train_processes=2")
+    return refuse
+
+
+def test_the_train_stage_on_two_ranks_leaves_the_users_data_to_the_ranks(spark, tmp_path, monkeypatch):
+    """A cold night then a warm one (grown id tables) with train_processes=2, while this process - the driver;
+    the ranks are processes of their own - refuses to assemble the events or the users' content and to load a
+    checkpoint: the ranks read their shards, build their users' inputs, load the prior and publish."""
+    from conftest import START, make_settings
+
+    from coldstart import train as train_stage
+    from coldstart.lake import Lake
+    from coldstart.model import Checkpoint
+    from coldstart.pipeline import run_days
+    from coldstart.replay import replay
+
+    settings = make_settings(tmp_path, baselines=False, train_processes=2, spark_master="local[2]")
+    days = replay(settings.landing, START, days=2, users_limit=15).all_days[:2]
+    with monkeypatch.context() as m:
+        m.setattr(train_stage, "_training_events", _refuse("read the training events"))
+        m.setattr(train_stage, "_training_data", _refuse("built the TrainingData"))
+        m.setattr(train_stage, "user_content", _refuse("pooled the users' content"))
+        m.setattr(Checkpoint, "load", classmethod(_refuse("loaded a checkpoint")))
+        for day in days:
+            run_days(settings, [day], stages=("ingest", "embed", "train"), spark=spark)
+    lake = Lake.from_settings(settings)
+    reg = lake.read_pandas("model_registry").sort_values("run_date").reset_index(drop=True)
+    assert list(reg["mode"]) == ["cold", "warm"] and (reg["status"] == "ready").all()
+    cold, warm = (Checkpoint.load(uri, expected_checksum=c) for uri, c in zip(reg["checkpoint_uri"], reg["checksum"]))
+    assert cold.config["train_processes"] == warm.config["train_processes"] == 2
+    assert warm.config["parent_checksum"] == cold.checksum
+    events = lake.read_pandas("interactions", columns=["user_id", "run_date"])
+    first = sorted(set(events[events["run_date"] == days[0]]["user_id"]))
+    assert list(cold.user_index) == first  # every rank built the same sorted id table
+    grown = sorted(set(events["user_id"]) - set(first))
+    assert grown and list(warm.user_index) == first + grown  # the prior's rows, then the new users, sorted
+    assert not [p for p in (tmp_path / "models").iterdir() if p.name.startswith(".train-ranks-")]  # scratch removed
+    metrics = json.loads(reg["metrics"].iloc[1])
+    assert metrics["n_train"] + metrics["n_val"] <= metrics["events"] and metrics["n_train"] > metrics["n_val"] > 0

@@ -204,6 +204,54 @@ class Checkpoint:
                    config=config, metrics=metrics, checksum=checksum)
 
 
+@dataclass
+class CheckpointRef:
+    """A published checkpoint verified but not loaded: where it is, its checksum and its config (what a
+    process that hands the model to others needs; the id tables stay in the store)."""
+
+    uri: str
+    checksum: str
+    config: dict
+
+    @classmethod
+    def verify(cls, path: str | os.PathLike, expected_checksum: str | None = None) -> "CheckpointRef":
+        """Check the checkpoint at ``path`` as :meth:`Checkpoint.load` does (manifest checksum, format, every
+        file's sha256, streamed) and read its config; any problem raises :class:`CheckpointError`."""
+        root = storage.normalize(str(path))
+        try:
+            manifest_bytes = storage.read_bytes(storage.join(root, _MANIFEST))
+        except (OSError, FileNotFoundError):
+            raise CheckpointError(f"{root}: no {_MANIFEST} (never published, or a write crashed before it)") from None
+        checksum = hashlib.sha256(manifest_bytes).hexdigest()
+        if expected_checksum is not None and checksum != expected_checksum:
+            raise CheckpointError(f"{root}: checksum {checksum} differs from the expected {expected_checksum}")
+        try:
+            manifest = json.loads(manifest_bytes)
+            files, fmt, prefix = manifest["files"], manifest["format"], manifest.get("prefix", "")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{root}: unreadable manifest: {exc}") from None
+        if fmt != FORMAT_VERSION:
+            raise CheckpointError(f"{root}: checkpoint format {fmt!r}, expected {FORMAT_VERSION}")
+        if not isinstance(files, dict) or set(files) != set(_FILES):
+            raise CheckpointError(f"{root}: manifest lists {sorted(files) if isinstance(files, dict) else files}")
+        base = storage.join(root, prefix) if prefix else root
+        for name in _FILES:
+            digest = hashlib.sha256()
+            try:
+                with storage.open_input(storage.join(base, name)) as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        digest.update(chunk)
+            except (OSError, FileNotFoundError):
+                raise CheckpointError(f"{root}: missing {name}") from None
+            if digest.hexdigest() != files[name]:
+                raise CheckpointError(f"{root}: checksum mismatch in {name}")
+        try:
+            config = json.loads(storage.read_bytes(storage.join(base, "config.json")))
+        except ValueError as exc:
+            raise CheckpointError(f"{root}: cannot load: {exc}") from None
+        return cls(uri=root, checksum=checksum, config=config)
+
+
 def checkpoint_files(path: str | os.PathLike) -> dict[str, str]:
     """The URIs of the files the published manifest at ``path`` names (for tools and tests)."""
     root = storage.normalize(str(path))

@@ -206,9 +206,20 @@ class Rank:
 
 def prepare(data: TrainingData, settings: Settings, prior: Checkpoint | None, epochs: int | None) -> Start:
     """The starting point of training on ``data`` (see :func:`train`); the ids index the whole data."""
+    rated = np.isfinite(data.values)
+    return prepare_ids(data.user_ids, data.item_ids, data.scenes,
+                       float(data.values[rated].mean()) if rated.any() else 0.0, len(data),
+                       data.item_content, data.user_content, settings, prior, epochs)
+
+
+def prepare_ids(user_ids, item_ids, scenes, rating_mean: float, n_events: int, item_content: ContentLike,
+                user_content: ContentLike, settings: Settings, prior: Checkpoint | None, epochs: int | None) -> Start:
+    """The starting point of training on events with these ids (repeats allowed; every data-parallel rank
+    passes the ids of the whole data and gets the same start): the prior grown with the unseen ids
+    (sorted, appended), or a fresh model seeded by ``settings.seed`` over the sorted ids, its rating
+    bias at ``rating_mean``. ``user_content`` only sizes the content when there is no item content."""
     seed = int(settings.seed)
-    item_map = content_mapping(data.item_content)
-    user_map = content_mapping(data.user_content)
+    item_map = content_mapping(item_content)
 
     if prior is not None:
         content_dim = int(prior.config["content_dim"])
@@ -222,35 +233,33 @@ def prepare(data: TrainingData, settings: Settings, prior: Checkpoint | None, ep
         if int(prior.config["dim"]) != int(settings.model_dim):
             log.warning("model_dim=%s differs from the prior's %s: keeping the prior's", settings.model_dim,
                         prior.config["dim"])
-        ckpt = grow(prior, data.user_ids, data.item_ids, data.scenes)
+        ckpt = grow(prior, user_ids, item_ids, scenes)
         mode = "warm"
         n_epochs = int(settings.train_epochs_warm if epochs is None else epochs)
         config = dict(ckpt.config)
         config["parent_checksum"] = prior.checksum
     else:
-        content_dim = content_dim_of(item_map) if item_map else content_dim_of(user_map)
+        content_dim = content_dim_of(item_map) if item_map else content_dim_of(content_mapping(user_content))
         config = _config_from_settings(settings, content_dim)
-        user_index = {k: i for i, k in enumerate(sorted(set(data.user_ids)))}
-        item_index = {k: i for i, k in enumerate(sorted(set(data.item_ids)))}
-        scene_index = {k: i for i, k in enumerate(sorted(set(data.scenes)))}
+        user_index = {k: i for i, k in enumerate(sorted(set(user_ids)))}
+        item_index = {k: i for i, k in enumerate(sorted(set(item_ids)))}
+        scene_index = {k: i for i, k in enumerate(sorted(set(scenes)))}
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_model(config, len(user_index), len(item_index), len(scene_index))
-        rated = np.isfinite(data.values)
         with torch.no_grad():
-            model.rating_mean.fill_(float(data.values[rated].mean()) if rated.any() else 0.0)
+            model.rating_mean.fill_(float(rating_mean))
         ckpt = Checkpoint(model=model, user_index=user_index, item_index=item_index, scene_index=scene_index,
                           config=config, metrics={})
         mode = "cold"
         n_epochs = int(settings.train_epochs_full if epochs is None else epochs)
         config["parent_checksum"] = None
-    model = ckpt.model
     config.update(n_users=len(ckpt.user_index), n_items=len(ckpt.item_index), n_scenes=len(ckpt.scene_index),
                   mode=mode, epochs=n_epochs, seed=seed, batch_size=int(settings.train_batch_size),
                   learning_rate=float(settings.train_learning_rate),
                   id_learning_rate=float(settings.train_id_learning_rate), id_dropout=float(settings.train_id_dropout),
                   loss_weight_interact=float(settings.loss_weight_interact),
-                  loss_weight_rating=float(settings.loss_weight_rating), n_events=len(data))
+                  loss_weight_rating=float(settings.loss_weight_rating), n_events=int(n_events))
     return Start(ckpt=ckpt, config=config, mode=mode, epochs=n_epochs)
 
 
