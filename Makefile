@@ -36,7 +36,7 @@ demo: check-java venv
 
 # Lint and types first (settings in pyproject.toml): a failure stops before the slow tests.
 lint: venv
-	$(PY) -m ruff check coldstart jobs dags
+	$(PY) -m ruff check coldstart jobs dags tests bench
 	$(PY) -m mypy
 
 test: check-java venv lint

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import math
 import os
 import platform
 import statistics
@@ -200,10 +199,10 @@ def sweep(variant, device, lengths, batch_sizes, reps, seconds, config, limit_of
             sync(device)
             first = time.perf_counter() - t0
             forward(ids, mask)
-            one = median_time(lambda: forward(ids, mask), 1, device)
+            one = median_time(lambda ids=ids, mask=mask: forward(ids, mask), 1, device)
             inner = max(1, int(seconds / max(one, 1e-6)))
             timer = Timer(device)
-            sec = timer(lambda: forward(ids, mask), reps, inner)
+            sec = timer(lambda ids=ids, mask=mask: forward(ids, mask), reps, inner)
             compile_s += max(0.0, first - sec)
             sps = bs / sec
             gflops = sps * model_flops(config, length) / 1e9

@@ -317,7 +317,7 @@ def run_als(args, lake: str) -> dict:
     sampler.stop_flag.set()
     peak = sampler.take()
     wall = time.perf_counter() - t0
-    result = next((json.loads(l.split(" ", 1)[1]) for l in lines if l.startswith("ALS_RESULT ")), None)
+    result = next((json.loads(ln.split(" ", 1)[1]) for ln in lines if ln.startswith("ALS_RESULT ")), None)
     if proc.returncode or result is None:
         raise RuntimeError(f"ALS child failed ({proc.returncode}):\n{''.join(lines[-40:])}")
     shutil.rmtree(out, ignore_errors=True)
@@ -399,13 +399,13 @@ def markdown(args, arm: dict, als: dict | None, profile: tuple | None, setup: di
                   f"load {als['load_start']} -> {als['load_end']}."]
     lines += ["", "Phases of the last night (its log lines, seconds since the stage started):", "", "```"]
     for s in STAGES:
-        for t, name, msg in last["stages"][s].get("log", []):
+        for t, _name, msg in last["stages"][s].get("log", []):
             lines.append(f"{s:<8} {t:7.1f}  {msg[:150]}")
     lines += ["```"]
     if profile:
         stage, seconds, text = profile
         lines += ["", f"cProfile of the driver: `{stage}` of {last['date']} rerun ({seconds:.1f} s under the profiler):",
-                  "", "```", *[l for l in text.splitlines() if l.strip()][:90], "```"]
+                  "", "```", *[ln for ln in text.splitlines() if ln.strip()][:90], "```"]
     return "\n".join(lines) + "\n"
 
 

@@ -182,7 +182,7 @@ def dockerignore_patterns() -> list[str]:
         path = build_context() / ".dockerignore"
     if not path.exists():
         return []
-    return [l.strip() for l in path.read_text().splitlines() if l.strip() and not l.strip().startswith("#")]
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.strip().startswith("#")]
 
 
 def ignored(rel: str, patterns: list[str]) -> bool:

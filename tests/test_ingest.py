@@ -4,7 +4,7 @@ import datetime as dt
 
 import pytest
 
-from coldstart.ingest import AuditError, ingest
+from coldstart.ingest import ingest
 from coldstart.landing import LandingError
 from coldstart.lake import Lake
 from tests.landing_helpers import event, land

@@ -19,7 +19,7 @@ def landed(tmp_path_factory):
     plan = replay(root, START, days=14, seed=7)
     events = {d: pd.read_csv(day_dir(root, "interactions", d) / "part-0.csv", dtype={"user_id": str, "item_id": str})
               for d in plan.all_days}
-    items = {d: [json.loads(l) for l in (day_dir(root, "items", d) / "part-0.jsonl").read_text().splitlines()]
+    items = {d: [json.loads(ln) for ln in (day_dir(root, "items", d) / "part-0.jsonl").read_text().splitlines()]
              for d in plan.all_days}
     return root, plan, events, items
 

@@ -140,7 +140,7 @@ def test_lists_hold_active_unconsumed_items_only_new_ones_included(world):
     assert recs.merge(consumed, on=["user_id", "item_id"]).empty
     assert not {"a_retired", "a_future"} & set(recs.item_id)
     active = set(ITEMS_A + ITEMS_B + ["a_new"])
-    for (user, scene), group in recs.groupby(["user_id", "scene"]):
+    for (user, _scene), group in recs.groupby(["user_id", "scene"]):
         mine = set(consumed.loc[consumed.user_id == user, "item_id"])
         assert set(group.item_id) == active - mine, user  # top_k 50 > catalogue: everything unconsumed
         assert list(group.sort_values("rank")["rank"]) == list(range(1, len(group) + 1))
