@@ -207,7 +207,7 @@ def run_job(stage: str, day: dt.date, config: Path, args) -> dict:
             except (ValueError, SyntaxError, IndexError):
                 result = {}
     return {"seconds": seconds, "wall_s": wall, "peak_gib": sampler.take(), "log": log,
-            "result": json.loads(json.dumps(result.as_dict(), default=str))}
+            "result": json.loads(json.dumps(result, default=str))}
 
 
 def run_night(spark, settings, day, sampler: MemorySampler, stage_log: StageLog, keep_log: bool,
