@@ -21,7 +21,6 @@ how much a world leans on co-consumption or on content is learned from the world
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -97,86 +96,104 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
-@dataclass
 class Holdout:
-    """Per held-out row, over every item of the index: the tower logit, the item-to-item and content
-    terms, whether the item is fresh, and whether it is a candidate; ``target`` its item position."""
-    tower: torch.Tensor
-    content: torch.Tensor
-    fresh: torch.Tensor
-    candidate: torch.Tensor
-    target: torch.Tensor
-    fresh_row: torch.Tensor  # (rows,) bool: a fresh-item row (a training event on an item new that day)
-    row_weight: torch.Tensor = torch.zeros(0)  # (rows,) the objective's weight of each row's hit (set below)
+    """The held-out rows over every item of the index, kept as the score matrices the objective adds up:
+    ``base`` (the tower logit, -inf off the candidates) and the terms, each zero where its weight does not
+    apply: ``content_warm`` / ``content_fresh`` (the content term on items with / without interactions)
+    and, once :meth:`set_ii` gave them, ``ii`` / ``ii_fresh`` (the item-to-item term, and its stand-in from
+    the item's content for a fresh item). ``target``: each row's item position; ``fresh_row``: a fresh-item
+    row (a training event on an item new that day).
 
-    def __post_init__(self) -> None:
+    The objective of a weighting is one pass per evaluation (``rest + weight x term`` into one buffer, then
+    the rank test): a coordinate search changes one weight at a time, so the other terms are summed once per
+    coordinate (:meth:`rest`). The constructor consumes ``tower`` and ``content`` (masked in place)."""
+
+    def __init__(self, tower: torch.Tensor, content: torch.Tensor, fresh: torch.Tensor, candidate: torch.Tensor,
+                 target: torch.Tensor, fresh_row: torch.Tensor) -> None:
+        self.fresh, self.candidate, self.target, self.fresh_row = fresh, candidate, target, fresh_row
+        # the weights are tried in units of each term's spread over the candidates (before any masking)
+        self.scale_tower, self.scale_content = self.spread(tower), self.spread(content)
+        self.base = tower.masked_fill_(~candidate, float("-inf"))
+        self.terms: dict[str, torch.Tensor] = {"content_warm": content.masked_fill(fresh, 0.0),
+                                               "content_fresh": content.masked_fill_(~fresh, 0.0)}
+        self._buffer = torch.empty_like(self.base)
         # The objective: the held-out Recall@20 with the held-out rows of fresh items stood in for by every
         # fresh-item row (their share kept: many rows, one noisy slice less), plus FRESH_EXTRA x the
         # fresh-item recall (the cold items are a target of their own).
-        held = ~self.fresh_row
-        target_fresh = self.fresh.gather(1, self.target.unsqueeze(1)).squeeze(1)
-        warm, cold = held & ~target_fresh, self.fresh_row | (held & target_fresh)
+        held = ~fresh_row
+        target_fresh = fresh.gather(1, target.unsqueeze(1)).squeeze(1)
+        warm, cold = held & ~target_fresh, fresh_row | (held & target_fresh)
         share = float((held & target_fresh).sum()) / max(int(held.sum()), 1)
-        weight = torch.zeros(len(self.target), device=self.target.device)
+        weight = torch.zeros(len(target), device=target.device)
         if bool(warm.any()):
             weight[warm] = (1.0 - share) / int(warm.sum())
         if bool(cold.any()):
             weight[cold] = (share + FRESH_EXTRA) / int(cold.sum())
         self.row_weight = weight
 
-    def recall(self, ii: tuple[torch.Tensor, torch.Tensor] | None, w_ii: float, w_warm: float, w_fresh: float,
-               w_ii_fresh: float = 0.0) -> float:
-        """The objective: Recall@20 of the held-out rows plus that of the fresh-item rows (cold items count
-        as much as all items, as in the protocol's two targets); a fresh item's co-consumption is unknown
-        when it is served, so a fresh cell gets the item-to-item term through the item's content (``ii[1]``)."""
-        score = self.tower.clone()
-        if ii is not None and w_ii:
-            score += w_ii * ii[0].masked_fill(self.fresh, 0.0)
-        if ii is not None and w_ii_fresh:
-            score += w_ii_fresh * ii[1].masked_fill(~self.fresh, 0.0)
-        if w_warm or w_fresh:
-            score += self.content * torch.where(self.fresh, w_fresh, w_warm)
-        score = score.masked_fill(~self.candidate, float("-inf"))
+    def spread(self, x: torch.Tensor) -> float:
+        """The standard deviation of ``x`` over the candidate cells (1 when it is 0 or undefined)."""
+        values = x[self.candidate]
+        return (float(values.std()) if values.numel() > 1 else 0.0) or 1.0
+
+    def warm_only(self, term: torch.Tensor) -> torch.Tensor:
+        """``term`` (consumed) zeroed on the fresh cells: co-consumption is unknown for a fresh item."""
+        return term.masked_fill_(self.fresh, 0.0)
+
+    def set_ii(self, ii: torch.Tensor, ii_fresh: torch.Tensor) -> None:
+        """The item-to-item terms, already zeroed where they do not apply (ii on fresh cells, ii_fresh elsewhere)."""
+        self.terms["ii"], self.terms["ii_fresh"] = ii, ii_fresh
+
+    def rest(self, weights: dict[str, float], leave_out: str | None = None) -> torch.Tensor:
+        """base + every term but ``leave_out`` times its weight (a new matrix)."""
+        out = self.base.clone()
+        for name, w in weights.items():
+            if name != leave_out and w:
+                out.add_(self.terms[name], alpha=w)
+        return out
+
+    def recall(self, rest: torch.Tensor, term: torch.Tensor | None = None, weight: float = 0.0) -> float:
+        """The objective of the scores ``rest + weight x term``: the rows' weighted Recall@20 hits."""
+        score = rest if term is None or not weight else torch.add(rest, term, alpha=weight, out=self._buffer)
         own = score.gather(1, self.target.unsqueeze(1))
         hit = ((score > own).sum(1) < BLEND_K).float()
         return float((hit * self.row_weight).sum())
 
 
-def _spread(x: torch.Tensor, mask: torch.Tensor) -> float:
-    values = x[mask]
-    return float(values.std()) if values.numel() > 1 else 0.0
-
-
-def pick_blend(hold: Holdout, ii_by_l2: dict[float, tuple[torch.Tensor, torch.Tensor]]) -> dict:
-    """The l2 and weights with the best held-out objective (coordinate search from all terms off; a
-    setting must beat the best so far strictly, so ties keep the earlier, simpler one)."""
-    def scale_of(x: torch.Tensor) -> float:
-        return _spread(x, hold.candidate) or 1.0
-
-    scale_t, scale_c = scale_of(hold.tower), scale_of(hold.content)
-    base = hold.recall(None, 0.0, 0.0, 0.0)
-    best_l2: float | None = None
-    weights = {"ii": 0.0, "content_warm": 0.0, "content_fresh": 0.0, "ii_fresh": 0.0}
-    recall = base
-    for l2, term in ii_by_l2.items():  # the item-to-item weight per l2, content off
-        scale = scale_of(term[0])
+def pick_ii(hold: Holdout, candidates, recall: float) -> tuple[dict | None, float]:
+    """The first coordinate of the search: per l2 (``candidates`` yields (l2, ii term, context)), the
+    item-to-item weight with content off, against ``recall`` (the towers alone). Returns the best ({"l2",
+    "ii", "scale", "term" (zeroed on fresh cells), "context"}, or None when no weight beats ``recall``) and
+    its objective; only the best term is kept in memory."""
+    scale_t = hold.scale_tower
+    best = None
+    for l2, term, context in candidates:
+        scale = hold.spread(term)
+        term = hold.warm_only(term)
         for w in WEIGHT_GRID[1:]:
-            r = hold.recall(term, w * scale_t / scale, 0.0, 0.0)
+            r = hold.recall(hold.base, term, w * scale_t / scale)
             if r > recall:
-                best_l2, weights["ii"], recall = l2, w * scale_t / scale, r
-    ii = ii_by_l2[best_l2] if best_l2 is not None else None
-    grids = {"content_fresh": [w * scale_t / scale_c for w in WEIGHT_GRID],
-             "content_warm": [w * scale_t / scale_c for w in WEIGHT_GRID],
-             "ii": [w * scale_t / scale_of(ii[0]) for w in WEIGHT_GRID] if ii is not None else [0.0],
-             "ii_fresh": [w * scale_t / scale_of(ii[1]) for w in WEIGHT_GRID] if ii is not None else [0.0]}
+                best, recall = {"l2": l2, "ii": w * scale_t / scale, "scale": scale, "term": term, "context": context}, r
+        del term
+    return best, recall
+
+
+def pick_weights(hold: Holdout, weights: dict[str, float], recall: float, scales: dict[str, float]) -> tuple[dict, float]:
+    """Coordinate search over the weights (two sweeps, each weight on WEIGHT_GRID x tower spread / its spread,
+    the others fixed): a setting must beat the best so far strictly, so ties keep the earlier, simpler one.
+    A term without a scale (not set) stays at 0."""
+    scale_t = hold.scale_tower
     for _ in range(2):
-        for name, grid in grids.items():
-            for value in grid:
-                trial = dict(weights, **{name: value})
-                r = hold.recall(ii, trial["ii"], trial["content_warm"], trial["content_fresh"], trial["ii_fresh"])
+        for name in ("content_fresh", "content_warm", "ii", "ii_fresh"):
+            if name not in scales:
+                continue
+            rest = hold.rest(weights, leave_out=name)
+            for value in (w * scale_t / scales[name] for w in WEIGHT_GRID):
+                r = hold.recall(rest, hold.terms[name], value)
                 if r > recall:
-                    weights, recall = trial, r
-    return {"l2": best_l2, **weights, "recall": recall, "recall_tower": base}
+                    weights, recall = dict(weights, **{name: value}), r
+            del rest
+    return weights, recall
 
 
 def content_to_factors(unit_content: torch.Tensor, right: torch.Tensor, usable: torch.Tensor) -> torch.Tensor:
@@ -222,14 +239,16 @@ def fit_blend(model, bags: HistoryBags, rows: torch.Tensor, items: torch.Tensor,
     user_out, hist, user_content = user_out[pick.to(user_out.device)], hist[pick.to(hist.device)], user_content[pick.to(user_content.device)]
     all_items = torch.arange(n_items, device=device)
     v, b = model.item_vec(all_items, item_content_all)
-    tower = user_out @ v.T + b + hist @ model._lookup(model.item_target, all_items, None).T
+    # rows x items matrices are the blend's memory: built in place, each freed once used
+    tower = (user_out @ v.T).add_(b).addmm_(hist, model._lookup(model.item_target, all_items, None).T)
     state = state_fn(pick)
     if state is not None:
         fresh, pop, live = (x.to(device) for x in state)
         fresh, live = fresh > 0, live > 0
         # an item new on the row's day is served without id rows (it has none yet): so it is scored here
         v_cold, b_cold = model.item_vec(all_items, item_content_all, torch.zeros(n_items, dtype=torch.bool, device=device))
-        tower = torch.where(fresh, user_out @ v_cold.T + b_cold, tower) + model.state_term(fresh, pop)
+        tower = torch.where(fresh, (user_out @ v_cold.T).add_(b_cold), tower).add_(model.state_term(fresh, pop))
+        del pop
     else:
         fresh = torch.zeros_like(tower, dtype=torch.bool)
         live = torch.ones_like(tower, dtype=torch.bool)
@@ -242,28 +261,45 @@ def fit_blend(model, bags: HistoryBags, rows: torch.Tensor, items: torch.Tensor,
     seen[torch.arange(len(rows), device=device), targets] = False
     candidate = live & ~seen
     candidate[torch.arange(len(rows), device=device), targets] = True
+    del seen, live
     # content: the user's content without the held-out item's (the pool is a mean over its bag)
     unit_items = _unit(item_content_all)
     n_bag = counts.to(device).float().clamp(min=1.0).unsqueeze(1)
     own = unit_items[targets] * in_bag.to(device).float().unsqueeze(1)
     user_loo = _unit(_unit(user_content) * n_bag - own)
     content = model.content_projection(user_loo) @ model.content_projection(item_content_all).T
-    hold = Holdout(tower=tower, content=content, fresh=fresh, candidate=candidate, target=targets,
-                   fresh_row=fresh_row.to(device))
+    hold = Holdout(tower, content, fresh, candidate, targets, fresh_row.to(device))
+    del tower, content  # consumed by the holdout
     # the content -> factors map learns from items that are not fresh in any row (no stand-in's own factors)
     usable = unit_items.norm(dim=1) > 0
     target_fresh = fresh[torch.arange(len(rows), device=device), targets]
     usable[targets[fresh_row.to(device) | target_fresh]] = False
-    ii_by_l2, factors = {}, {}
-    for l2 in II_L2_GRID:
-        left, right = ease_factors(fit_bags, n_items, l2, rank, seed=seed)
-        L, R = torch.from_numpy(left).to(device), torch.from_numpy(right).to(device)
+
+    def ii_terms():  # per l2: the rows' item-to-item term (one rows x items matrix at a time)
+        for l2 in II_L2_GRID:
+            left, _right = ease_factors(fit_bags, n_items, l2, rank, seed=seed)
+            L, R = torch.from_numpy(left).to(device), torch.from_numpy(_right).to(device)
+            sums = torch.nn.functional.embedding_bag(flat.to(device), L, offsets.to(device), mode="sum")
+            user_ii = sums - L[targets] * in_bag.to(device).float().unsqueeze(1)
+            yield l2, user_ii @ R.T, (user_ii, R)
+
+    recall_tower = hold.recall(hold.base)
+    chosen, recall = pick_ii(hold, ii_terms(), recall_tower)
+    best_l2 = chosen["l2"] if chosen is not None else None
+    weights = {"ii": 0.0, "content_warm": 0.0, "content_fresh": 0.0, "ii_fresh": 0.0}
+    scales = {"content_fresh": hold.scale_content, "content_warm": hold.scale_content}
+    if chosen is not None:
+        # a fresh cell's item-to-item term through the item's content (its factors mapped from its text)
+        user_ii, R = chosen["context"]
         W = content_to_factors(unit_items, R, usable & (R.norm(dim=1) > 0))
-        factors[l2] = (left, right, W)
-        sums = torch.nn.functional.embedding_bag(flat.to(device), L, offsets.to(device), mode="sum")
-        user_ii = sums - L[targets] * in_bag.to(device).float().unsqueeze(1)
-        ii_by_l2[l2] = (user_ii @ R.T, user_ii @ (unit_items @ W).T)
-    best = pick_blend(hold, ii_by_l2)
+        ii_fresh = user_ii @ (unit_items @ W).T
+        scales.update(ii=chosen["scale"], ii_fresh=hold.spread(ii_fresh))
+        hold.set_ii(chosen["term"], ii_fresh.masked_fill_(~hold.fresh, 0.0))
+        weights["ii"] = chosen["ii"]
+        del chosen, ii_fresh
+    weights, recall = pick_weights(hold, weights, recall, scales)
+    best = {"l2": best_l2, **weights, "recall": recall, "recall_tower": recall_tower}
+    del hold
     l2 = best["l2"] if best["l2"] is not None else II_L2_GRID[len(II_L2_GRID) // 2]
     # served: refitted with the held-out pairs too (the weights were picked without them; more data, same l2)
     left, right = ease_factors(bags, n_items, l2, rank, seed=seed)
