@@ -489,6 +489,11 @@ class Lake:
         if not _is_local(self.root):
             return _filtered(_read_spark_remote(spark, spec, spark_schema, base, actions), row_filters)
         files = [f"{base}/{_unquote(a['path'])}" for a in actions]
+        if spec.partition_by and _hive_laid_out(actions, spec.partition_by):
+            # Spark reads the partition values off the folder names (they match the log's, checked): over
+            # 10x faster than joining them in by each row's file path (bench/results/nightly_scale.md)
+            df = spark.read.schema(spark_schema).option("basePath", base).parquet(*files)
+            return _filtered(df, row_filters).select(*spec.columns)
         data_fields = [f for f in spark_schema.fields if f.name not in spec.partition_by]
         from pyspark.sql.types import StructType
 
@@ -883,6 +888,23 @@ def _unquote(path: str) -> str:
 def _tail(path: str) -> str:
     parts = path.rstrip("/").split("/")
     return "/".join(parts[-2:])
+
+
+def _hive_laid_out(actions: list[dict], partition_by) -> bool:
+    """Whether every file of ``actions`` sits under ``c=<value>/`` folders (in partition_by's order, then
+    only folders without '=') whose text is exactly the log's partition value (null:
+    ``__HIVE_DEFAULT_PARTITION__``), with nothing Spark would unescape ('%'): then Spark's partition
+    discovery gives the log's values."""
+    for a in actions:
+        folders = _unquote(a["path"]).split("/")[:-1]
+        want = []
+        for c in partition_by:
+            value = a.get(f"partition.{c}")
+            want.append(f"{c}=" + ("__HIVE_DEFAULT_PARTITION__" if value is None else _partition_text(value)))
+        below = folders[len(want):]  # e.g. a write's batch-<id> folder: Spark's discovery skips it
+        if folders[:len(want)] != want or any("%" in f for f in folders) or any("=" in f for f in below):
+            return False
+    return True
 
 
 def _partition_values_from_path(rel: str, partition_by: tuple[str, ...]) -> dict[str, str | None]:

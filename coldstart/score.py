@@ -111,9 +111,9 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
         item_ids=item_ids, is_new=(items["first_interaction"].isna() | (items["first_interaction"] >= run_date)).to_numpy(),
         liked=np.array([f"similar to {t} you liked" for t in titles], dtype=object),  # reason per item, made once
         vectors=np.hstack([vectors, pop.astype(np.float32)[:, None]]),  # last column: pop, for the boost
-        bias=bias, fresh_positions=np.flatnonzero(fresh), content_ids=np.array(list(item_content), dtype=object),
-        content=np.stack(list(item_content.values())) if item_content else np.zeros((0, 1), np.float32),
+        bias=bias, fresh_positions=np.flatnonzero(fresh), **content_rows(item_ids, item_content),
         popular=popularity_spark(events, run_date))
+    del item_content
     job = ScoreJob(settings=settings, run_date=run_date, k=k, version=version, checkpoint_uri=reg["checkpoint_uri"],
                    checksum=reg["checksum"], env=storage.worker_env(), items=spark.sparkContext.broadcast(state))
 
@@ -139,6 +139,27 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
         job.items.unpersist()
     log.info("score %s: wrote %d recommendations", run_date, written)
     return ScoreResult(users=n_users, lists=n_lists, rows=written, model_version=version)
+
+
+def content_rows(item_ids: np.ndarray, item_content: dict) -> dict:
+    """The encoder vectors as ItemState keeps them, once: one row per active item, in ``item_ids`` order
+    (zeros for one without a vector), then a row per other item with a vector; ``content_ids`` names the
+    rows and ``content_known`` says which hold a vector. The first rows are then the active items' matrix
+    (a view, no copy) and every known row the vector of its id."""
+    if not item_content:
+        return {"content_ids": np.empty(0, dtype=object), "content": np.zeros((0, 1), np.float32),
+                "content_known": np.zeros(0, dtype=bool)}
+    active = set(item_ids.tolist())
+    others = [i for i in item_content if i not in active]
+    dim = len(next(iter(item_content.values())))
+    content = np.zeros((len(item_ids) + len(others), dim), np.float32)
+    known = np.zeros(len(content), dtype=bool)
+    for row, key in enumerate(item_ids.tolist() + others):
+        vec = item_content.get(key)
+        if vec is not None:
+            content[row], known[row] = vec, True
+    return {"content_ids": np.concatenate([item_ids.astype(object), np.array(others, dtype=object)]),
+            "content": content, "content_known": known}
 
 
 def user_inputs(spark, lake: Lake, settings: Settings, run_date: dt.date, active):
@@ -173,7 +194,8 @@ def segment_column(inputs):
 class ItemState:
     """What every partition needs of the items (broadcast once): the active items (sorted) with their
     new flag, reason text, model vectors (plus the pop column) and biases, the fresh ones' positions,
-    the encoder vectors of every item (pooled into user content) and the scene popularity."""
+    the encoder vectors of every item (pooled into user content; laid out by :func:`content_rows`) and
+    the scene popularity."""
     item_ids: np.ndarray
     is_new: np.ndarray
     liked: np.ndarray
@@ -182,6 +204,7 @@ class ItemState:
     fresh_positions: np.ndarray
     content_ids: np.ndarray
     content: np.ndarray
+    content_known: np.ndarray
     popular: pd.DataFrame
 
 
@@ -235,10 +258,9 @@ def _worker(job: ScoreJob) -> Worker:
         _WORKERS.clear()
         torch.set_num_threads(worker_threads(job.settings))
         state = job.items.value
-        item_content = dict(zip(state.content_ids, state.content))
-        dim = state.content.shape[1]
-        content = torch.from_numpy(np.stack([item_content.get(i, np.zeros(dim, np.float32)) for i in state.item_ids])
-                                   if len(state.item_ids) else np.zeros((0, dim), np.float32))
+        item_content = {state.content_ids[r]: state.content[r] for r in np.flatnonzero(state.content_known)}  # views
+        n_active, dim = len(state.item_ids), state.content.shape[1]
+        content = torch.from_numpy(state.content[:n_active] if len(state.content) else np.zeros((n_active, dim), np.float32))
         fresh = state.fresh_positions
         fresh_matrix = ItemMatrix(state.vectors[fresh], state.bias[fresh]) \
             if job.settings.new_list_size and len(fresh) else None

@@ -189,12 +189,16 @@ class Checkpoint:
             ids = json.loads(blobs["ids.json"])
             config = json.loads(blobs["config.json"])
             metrics = json.loads(blobs["metrics.json"])
-            state = torch.load(io.BytesIO(blobs["model.pt"]), map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(blobs.pop("model.pt")), map_location="cpu", weights_only=True)
             user_index = {k: i for i, k in enumerate(ids["users"])}
             item_index = {k: i for i, k in enumerate(ids["items"])}
             scene_index = {k: i for i, k in enumerate(ids["scenes"])}
-            model = build_model(config, len(user_index), len(item_index), len(scene_index))
-            model.load_state_dict(state, strict=True)
+            # built on the meta device and given the loaded tensors (assign): the tables exist once in memory,
+            # not as the file's bytes, the loaded state and the model's own copy at the same time
+            with torch.device("meta"):
+                model = build_model(config, len(user_index), len(item_index), len(scene_index))
+            model.load_state_dict(state, strict=True, assign=True)
+            del state
         except CheckpointError:
             raise
         except Exception as exc:  # noqa: BLE001 - any parse/shape problem means an unusable checkpoint
