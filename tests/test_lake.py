@@ -182,3 +182,44 @@ def test_a_table_without_a_later_nullable_column_gains_it_and_keeps_its_rows(lak
     assert out.loc[out.run_date == D2, "list"].isna().all()
     docs = {f.name: f.metadata.get("doc") for f in lake.table("recommendations").schema().fields}
     assert docs["list"] == RECOMMENDATIONS.column_doc("list")
+
+
+def test_spark_reads_partition_values_from_folders_only_where_they_match_the_log(spark, lake, monkeypatch):
+    """Files under run_date=<value>/ (delta-rs's layout, and write_spark's replace_partition: run_date=<value>/
+    batch-<id>/) are read with Spark's partition discovery; the rows equal those of the join by file path,
+    which stays for any other layout (write_spark's append: batch-<id>/run_date=<value>/)."""
+    import coldstart.lake as lake_module
+    from coldstart.lake import _hive_laid_out
+
+    def actions():
+        return pa.table(lake.table("recommendations").get_add_actions(flatten=True)).to_pylist()
+
+    def plan(df):
+        return df._jdf.queryExecution().toString()
+
+    lake.replace_partition("recommendations", recs(D1), run_date=D1)
+    lake.write_spark(spark.createDataFrame(recs(D2, model="m2").to_pandas()), "recommendations", "replace_partition",
+                     {"run_date": D2})
+    assert _hive_laid_out(actions(), ("run_date",)), [a["path"] for a in actions()]
+    fast = lake.read_spark(spark, "recommendations")
+    assert "_file_key" not in plan(fast)
+    with monkeypatch.context() as m:
+        m.setattr(lake_module, "_hive_laid_out", lambda actions, partition_by: False)
+        joined = lake.read_spark(spark, "recommendations")
+        assert "_file_key" in plan(joined)
+        key = ["run_date", "user_id", "rank"]
+        a, b = (df.toPandas().sort_values(key).reset_index(drop=True) for df in (fast, joined))
+    assert list(a.columns) == list(b.columns) == RECOMMENDATIONS.schema.names and a.equals(b) and len(a) == 12
+    assert sorted(a["run_date"].unique()) == [D1, D2] and set(a.loc[a["run_date"] == D2, "model_version"]) == {"m2"}
+    lake.write_spark(spark.createDataFrame(recs(dt.date(2024, 1, 3)).to_pandas()), "recommendations", "append")
+    assert not _hive_laid_out(actions(), ("run_date",))
+    appended = lake.read_spark(spark, "recommendations")
+    assert "_file_key" in plan(appended) and appended.count() == 18
+    # a folder that disagrees with the log, one Spark would unescape, or a second key=value folder: the join
+    one = actions()[0]
+    for path in ("run_date=2024-01-05/part.parquet", "run_date=2024-01-01/x=1/part.parquet", "part.parquet"):
+        assert not _hive_laid_out([{**one, "partition.run_date": D1, "path": path}], ("run_date",)), path
+    assert not _hive_laid_out([{**one, "partition.run_date": "a%b", "path": "run_date=a%25b/p.parquet"}], ("run_date",))
+    assert _hive_laid_out([{**one, "partition.run_date": D1, "path": "run_date=2024-01-01/batch-1/p.parquet"}], ("run_date",))
+    assert _hive_laid_out([{**one, "partition.run_date": None, "path": "run_date=__HIVE_DEFAULT_PARTITION__/p.parquet"}],
+                          ("run_date",))
