@@ -462,7 +462,9 @@ class Lake:
 
     def read_spark(self, spark, name: str, partitions: Mapping[str, Iterable] | None = None):
         """Read the active files of the table's current version (in a night: as of that night, see
-        :meth:`read_arrow`) into Spark (no Delta jars needed)."""
+        :meth:`read_arrow`) into Spark (no Delta jars needed). Partition values are the log's: on local disk
+        Spark reads them off the ``c=<value>/`` folders where those match the log (:func:`_hive_laid_out`),
+        else they are joined in by file path; on an object store the executors read the files themselves."""
         from pyspark.sql import functions as F
 
         spec = catalog_table(name)
