@@ -39,6 +39,8 @@ lint: venv
 	$(PY) -m ruff check coldstart jobs dags tests bench
 	$(PY) -m mypy
 
+# Two workers: the Airflow stack's tests beside the others (tests/conftest.py); PYTEST_ARGS= runs them in one process.
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 test: check-java venv lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 

@@ -290,41 +290,51 @@ def interactions_until_spark(spark, lake: Lake, run_date: dt.date):
 
 
 def user_history_spark(spark, lake: Lake, settings: Settings, run_date: dt.date, items):
-    """One row per user with any accepted interaction up to run_date, from one aggregation (one shuffle) of
-    those interactions: ``n_recent`` (events in the active window, History.user_counts), ``scenes`` (the
-    ``scenes_per_user`` most frequent window scenes, most frequent first, ties: the latest event, then the
-    scene's name: History.top_scenes), ``latest`` (the HISTORY_ITEMS most recently used distinct window
-    items, newest first, ties by item: latest_items), ``recent`` (the items of the REASON newest window
-    events among ``items``, repeats kept, newest first, ties by item), ``window_items`` (the distinct window
-    items, sorted: the pairs pool_user_content pools) and ``consumed`` (the distinct items among ``items``
-    used up to run_date, sorted; empty when none). A window list is null for a user without window
-    events (``recent`` also when none of them is among ``items``); ``items``: a DataFrame of item_id
-    (small: broadcast)."""
+    """One row per user with any accepted interaction up to run_date: ``n_recent`` (events in the active
+    window, History.user_counts), ``scenes`` (the ``scenes_per_user`` most frequent window scenes, most
+    frequent first, ties: the latest event, then the scene's name: History.top_scenes), ``latest`` (the
+    HISTORY_ITEMS most recently used distinct window items, newest first, ties by item: latest_items),
+    ``recent`` (the items of the REASON newest window events among ``items``, repeats kept, newest first,
+    ties by item), ``window_items`` (the distinct window items, sorted: the pairs pool_user_content pools)
+    and ``consumed`` (the distinct items among ``items`` used up to run_date, sorted; empty when none). A
+    window list is null for a user without window events (``recent`` also when none of them is among
+    ``items``); ``items``: a DataFrame of item_id (small: broadcast).
+
+    One shuffle (the events by user), then two aggregations on it: per (user, scene), then per user. No
+    higher-order function (lambda) is used: Spark interprets those row by row, where the sorts, slices,
+    flattens and struct-field extractions here are code-generated."""
     from pyspark.sql import functions as F
 
     first = window_start(settings, run_date)
     events = interactions_until_spark(spark, lake, run_date) \
         .join(F.broadcast(items.select("item_id", F.lit(True).alias("_listed"))), "item_id", "left")
-    # the window's events as structs that sort newest first, then by item (the orders of the lists below)
-    event = F.struct((-F.unix_micros("event_ts")).alias("k"), F.col("item_id").alias("item"), F.col("scene").alias("scene"),
-                     F.coalesce("_listed", F.lit(False)).alias("listed"))
-    grouped = events.groupBy("user_id").agg(
-        F.array_sort(F.collect_set(F.when(F.col("_listed"), F.col("item_id")))).alias("consumed"),
-        F.array_sort(F.collect_list(F.when(F.col("run_date") >= F.lit(first), event))).alias("_w"))
-    w = F.col("_w")
-    some = F.size(w) > 0
-    per_scene = F.transform(F.array_distinct(F.transform(w, lambda e: e["scene"])), lambda s: F.struct(
-        (-F.size(F.filter(w, lambda e: e["scene"].eqNullSafe(s)))).alias("n"),
-        F.array_min(F.transform(F.filter(w, lambda e: e["scene"].eqNullSafe(s)), lambda e: e["k"])).alias("k"),
-        s.alias("scene")))
-    listed = F.transform(F.filter(w, lambda e: e["listed"]), lambda e: e["item"])
+    window = F.col("run_date") >= F.lit(first)
+    listed = F.coalesce(F.col("_listed"), F.lit(False))
+    newest = -F.unix_micros("event_ts")  # ascending = newest first; ties then sort by item (the lists' orders)
+    # ClusteredDistribution(user, scene) is met by the hash partitioning on user: the second aggregation
+    # reuses it, so the events are shuffled once
+    per_scene = events.repartition("user_id").groupBy("user_id", "scene").agg(
+        F.count(F.when(window, True)).alias("n"),
+        F.min(F.when(window, newest)).alias("k"),
+        F.collect_list(F.when(window, F.struct(newest.alias("k"), F.col("item_id").alias("item")))).alias("w"),
+        F.collect_list(F.when(window & listed, F.struct(newest.alias("k"), F.col("item_id").alias("item")))).alias("r"),
+        F.collect_set(F.when(listed, F.col("item_id"))).alias("c"))
+    grouped = per_scene.groupBy("user_id").agg(
+        F.sum("n").alias("n_recent"),
+        # structs sort field by field: most events first, then the newest event, then the name
+        F.sort_array(F.collect_list(F.when(F.col("n") > 0, F.struct((-F.col("n")).alias("n"), "k", "scene"))))
+        .alias("_s"),
+        F.sort_array(F.flatten(F.collect_list("w"))).alias("_w"),
+        F.sort_array(F.flatten(F.collect_list("r"))).alias("_r"),
+        F.sort_array(F.array_distinct(F.flatten(F.collect_list("c")))).alias("consumed"))
+    some = F.col("n_recent") > 0
+    distinct = F.array_distinct(F.col("_w")["item"])  # first occurrence kept: newest first
     return grouped.select(
-        "user_id", F.size(w).alias("n_recent"),
-        F.when(some, F.transform(F.slice(F.array_sort(per_scene), 1, settings.scenes_per_user), lambda x: x["scene"]))
-        .alias("scenes"),
-        F.when(some, F.slice(F.array_distinct(F.transform(w, lambda e: e["item"])), 1, HISTORY_ITEMS)).alias("latest"),
-        F.when(F.size(listed) > 0, F.slice(listed, 1, REASON_ITEMS)).alias("recent"),
-        F.when(some, F.array_sort(F.array_distinct(F.transform(w, lambda e: e["item"])))).alias("window_items"),
+        "user_id", F.col("n_recent").cast("int").alias("n_recent"),
+        F.when(some, F.slice(F.col("_s"), 1, settings.scenes_per_user)["scene"]).alias("scenes"),
+        F.when(some, F.slice(distinct, 1, HISTORY_ITEMS)).alias("latest"),
+        F.when(F.size("_r") > 0, F.slice(F.col("_r"), 1, REASON_ITEMS)["item"]).alias("recent"),
+        F.when(some, F.sort_array(distinct)).alias("window_items"),
         "consumed")
 
 

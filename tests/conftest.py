@@ -40,6 +40,19 @@ os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.
 for key in [k for k in os.environ if k.startswith("COLDSTART_") and k != "COLDSTART_TASK_RETRIES"]:
     del os.environ[key]
 
+# `make test` runs two pytest-xdist workers (-n 2 --dist loadgroup): the Airflow stack's module on one and
+# every other test on the other. The stack mostly waits (scheduler loops, task start-up), so the rest runs
+# beside it, and each session fixture (tiny_run, the S3 night, the cluster) is still built once.
+OWN_WORKER = {"test_airflow_stack.py"}
+
+
+@pytest.hookimpl(wrapper=True)  # a wrapper: the marks are on before xdist's own hook reads them
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("airflow" if item.path.name in OWN_WORKER else "main"))
+    return (yield)
+
+
 START = dt.date(2024, 1, 1)
 # py4j logs from __del__ at interpreter exit, after pytest closed the streams.
 logging.getLogger("py4j").setLevel(logging.WARNING)

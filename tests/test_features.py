@@ -59,3 +59,64 @@ def test_positions_and_factorized_agree_on_codes_and_strings(coded):
 def test_positions_of_an_empty_categorical():
     empty = coded_frame(pa.table({"item_id": pa.array([], pa.string())}))["item_id"]
     assert idmap.positions(empty, {"a": 0}).tolist() == []
+
+
+def _history_reference(frame: pd.DataFrame, listed: set, first, scenes_per_user: int) -> dict:
+    """user_history_spark's rows, the slow way: one user at a time, in pandas."""
+    from coldstart.features import HISTORY_ITEMS, REASON_ITEMS
+
+    out = {}
+    for user, rows in frame.groupby("user_id"):
+        window = rows[rows["run_date"] >= first].assign(k=lambda f: -f["us"]).sort_values(["k", "item_id"])
+        some = len(window) > 0
+        by_scene = window.groupby("scene").agg(n=("k", "size"), k=("k", "min")).reset_index()
+        by_scene = by_scene.assign(m=-by_scene["n"]).sort_values(["m", "k", "scene"])
+        distinct = list(dict.fromkeys(window["item_id"]))
+        recent = [i for i in window["item_id"] if i in listed][:REASON_ITEMS]
+        out[user] = {"n_recent": len(window),
+                     "scenes": by_scene["scene"].tolist()[:scenes_per_user] if some else None,
+                     "latest": distinct[:HISTORY_ITEMS] if some else None,
+                     "recent": recent or None,
+                     "window_items": sorted(distinct) if some else None,
+                     "consumed": sorted({i for i in rows["item_id"] if i in listed})}
+    return out
+
+
+def test_user_history_in_spark_equals_the_per_user_reference(spark, tmp_path):
+    """Ties in time (broken by item), scenes tied on count (broken by the newest event, then the name),
+    repeats, items that are not listed, events before the window (only in ``consumed``)."""
+    import datetime as dt
+
+    from coldstart.catalog import TABLES
+    from coldstart.features import user_history_spark, window_start
+    from coldstart.lake import Lake
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, scenes_per_user=2)
+    lake = Lake.from_settings(settings)
+    run_date = dt.date(2024, 3, 31)
+    first = window_start(settings, run_date)
+    rng = np.random.default_rng(3)
+    days = [first - dt.timedelta(days=5), first, first + dt.timedelta(days=3), run_date]
+    rows = []
+    for n in range(400):
+        day = days[rng.integers(len(days))]
+        # a few distinct seconds per day: many ties in time
+        ts = dt.datetime.combine(day, dt.time(12, 0, int(rng.integers(4))), dt.timezone.utc)
+        rows.append({"event_id": f"e{n}", "user_id": f"u{rng.integers(12)}", "item_id": f"i{rng.integers(30)}",
+                     "event_type": "click", "value": None, "scene": ["home", "search", "cart"][rng.integers(3)],
+                     "event_ts": ts, "event_date": day, "run_date": day, "source_file": "hand-made", "ingested_at": None})
+    rows.append(dict(rows[0], event_id="late", event_ts=rows[0]["event_ts"], run_date=run_date + dt.timedelta(days=1),
+                     event_date=run_date + dt.timedelta(days=1)))  # after run_date: not read
+    frame = pd.DataFrame(rows)
+    for day, part in frame.groupby("run_date"):
+        lake.replace_partition("interactions", pa.Table.from_pandas(part, schema=TABLES["interactions"].schema,
+                                                                   preserve_index=False), run_date=day)
+    listed = {f"i{n}" for n in range(0, 30, 2)}
+    items = spark.createDataFrame(pd.DataFrame({"item_id": sorted(listed)}))
+    got = {r["user_id"]: r.asDict() for r in user_history_spark(spark, lake, settings, run_date, items).collect()}
+    seen = frame[frame["run_date"] <= run_date].assign(us=lambda f: f["event_ts"].map(lambda t: int(t.timestamp() * 1e6)))
+    want = _history_reference(seen, listed, first, scenes_per_user=2)
+    assert set(got) == set(want)
+    for user, expected in want.items():
+        assert {k: v for k, v in got[user].items() if k != "user_id"} == expected, user
