@@ -40,7 +40,7 @@ lint: venv
 	$(PY) -m mypy
 
 # Two workers: the Airflow stack's tests beside the others (tests/conftest.py); PYTEST_ARGS= runs them in one process.
-PYTEST_ARGS ?= -n 2 --dist loadgroup
+PYTEST_ARGS ?= -n 2
 test: check-java venv lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 

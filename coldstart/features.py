@@ -311,13 +311,14 @@ def user_history_spark(spark, lake: Lake, settings: Settings, run_date: dt.date,
     window = F.col("run_date") >= F.lit(first)
     listed = F.coalesce(F.col("_listed"), F.lit(False))
     newest = -F.unix_micros("event_ts")  # ascending = newest first; ties then sort by item (the lists' orders)
+    event = F.struct(newest.alias("k"), F.col("item_id").alias("item"))
     # ClusteredDistribution(user, scene) is met by the hash partitioning on user: the second aggregation
     # reuses it, so the events are shuffled once
     per_scene = events.repartition("user_id").groupBy("user_id", "scene").agg(
         F.count(F.when(window, True)).alias("n"),
         F.min(F.when(window, newest)).alias("k"),
-        F.collect_list(F.when(window, F.struct(newest.alias("k"), F.col("item_id").alias("item")))).alias("w"),
-        F.collect_list(F.when(window & listed, F.struct(newest.alias("k"), F.col("item_id").alias("item")))).alias("r"),
+        F.collect_list(F.when(window, event)).alias("w"),
+        F.collect_list(F.when(window & listed, event)).alias("r"),
         F.collect_set(F.when(listed, F.col("item_id"))).alias("c"))
     grouped = per_scene.groupBy("user_id").agg(
         F.sum("n").alias("n_recent"),

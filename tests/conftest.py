@@ -40,17 +40,31 @@ os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.
 for key in [k for k in os.environ if k.startswith("COLDSTART_") and k != "COLDSTART_TASK_RETRIES"]:
     del os.environ[key]
 
-# `make test` runs two pytest-xdist workers (-n 2 --dist loadgroup): the Airflow stack's module on one and
-# every other test on the other. The stack mostly waits (scheduler loops, task start-up), so the rest runs
-# beside it, and each session fixture (tiny_run, the S3 night, the cluster) is still built once.
-OWN_WORKER = {"test_airflow_stack.py"}
+# `make test` runs two pytest-xdist workers (-n 2): the Airflow stack's module on one and every other test on
+# the other. The stack mostly waits (scheduler loops, task start-up), so the rest runs beside it, and each
+# session fixture (tiny_run, the S3 night, the cluster) is still built once, on one worker.
+# The split is a scheduler rather than `xdist_group` marks: with pytest 9.2, `--dist loadgroup` silently
+# stops grouping (pytest-xdist issue #1386: the group rides on the node id, which pytest no longer lets
+# a plugin rewrite), and the session fixtures were then built on both workers at once.
+OWN_WORKER = "tests/test_airflow_stack.py"
 
 
-@pytest.hookimpl(wrapper=True)  # a wrapper: the marks are on before xdist's own hook reads them
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group("airflow" if item.path.name in OWN_WORKER else "main"))
-    return (yield)
+def work_unit(nodeid: str) -> str:
+    """The worker group of a test: "airflow" for the stack's module, "main" for every other test."""
+    return "airflow" if nodeid.split("::", 1)[0] == OWN_WORKER else "main"
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """With -n and the default `--dist load`: two work units (see `work_unit`), one per worker."""
+    if config.getvalue("dist") != "load":
+        return None  # an explicit --dist choice is xdist's
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TwoUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return TwoUnits(config, log)
 
 
 START = dt.date(2024, 1, 1)
