@@ -8,11 +8,22 @@ their k x TOPK_GROUP scores. Every item of the true top k lies in one of those g
 scoring above the k-th largest group maximum has a group maximum above it too), so the result is
 exact (ties may pick a different item of equal score); at dim 64 this selection costs a fraction of
 a full ``torch.topk`` over all items (bench/score_speed.py).
+
+On a CPU with AMX (bf16 tile products, several times the fp32 rate) the kernel first runs a *split
+bf16 prefilter* (:func:`_top_k_prefiltered`): one bf16 product whose inputs are each split into two
+bf16 halves gives every score to about 16 bits, with a proven error bound; a per-row threshold from
+that bound keeps only the items that can be in the exact top k (typically k plus a few), and those are
+rescored exactly in fp32. The result is the exact fp32 top k; a score can differ from the full fp32
+product's in its last bit (another order of the same 65 products), and so can the order of two items
+whose scores differ only there.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
+
+import functools
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +31,8 @@ import pandas as pd
 TOPK_GROUP = 64  # columns per group of the group-max prune (wide groups: a cheap vectorised max; bench/score_speed.py)
 SCORE_TILE_USERS = 256  # rows per matrix product inside a block on the CPU (see bench/score_speed.py)
 DEVICE_TILE_BYTES = 1 << 30  # on a GPU: a score tile of up to 1 GiB (wide tiles keep it busy)
+PREFILTER_PROBE = 256  # items scored exactly per row to place the prefilter's offset (a lower bound of the k-th score)
+BF16_UNIT = 2.0 ** -8  # bf16's unit roundoff (8 significant bits)
 POPULARITY_OVERALL_PRIOR = 0.01  # weight of overall popularity in a scene's list (ranks items unseen in the scene)
 
 
@@ -28,9 +41,11 @@ class ItemMatrix:
     whose bias is -inf (so padding never ranks). ``augmented`` is the transposed vectors with the bias
     as one more row: a user row with a trailing 1 gets ``u . v + b`` from one plain product, one pass
     over the score tile instead of addmm's two (broadcast the bias, then accumulate). ``device``: where
-    the products run (default the CPU; see coldstart.devices)."""
+    the products run (default the CPU; see coldstart.devices). ``prefilter``: lay out the split bf16
+    copy for :func:`_top_k_prefiltered` (default: on a CPU where bf16 products pay, see
+    :func:`bf16_products_pay`); it is O(items x dim) like the rest."""
 
-    def __init__(self, vectors, bias, device=None):
+    def __init__(self, vectors, bias, device=None, prefilter: bool | None = None):
         import torch
 
         vectors = torch.as_tensor(vectors, dtype=torch.float32)
@@ -45,9 +60,12 @@ class ItemMatrix:
         self.transposed = self.augmented[:dim]  # a view: the first dim rows
         self.bias = torch.full((width,), float("-inf"))
         self.bias[:self.n_items] = bias
-        if device is not None and torch.device(device).type != "cpu":
+        on_cpu = device is None or torch.device(device).type == "cpu"
+        if device is not None and not on_cpu:
             self.augmented = self.augmented.to(device)
             self.transposed, self.bias = self.augmented[:dim], self.bias.to(device)
+        self.prefilter = _Prefilter(self.augmented, self.n_items) \
+            if on_cpu and (bf16_products_pay() if prefilter is None else prefilter) and self.n_items else None
 
     @property
     def device(self):
@@ -56,6 +74,66 @@ class ItemMatrix:
     @property
     def width(self) -> int:
         return self.transposed.shape[1]
+
+
+@functools.cache
+def bf16_products_pay() -> bool:
+    """Whether this CPU has AMX bf16 tiles (Linux: ``amx_bf16`` in /proc/cpuinfo), where a bf16 product
+    of a score tile runs at several times the fp32 rate (bench/score_speed.py); elsewhere the prefilter
+    is off by default (a CPU without native bf16 products would run it slower than fp32)."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+
+
+def _gamma(n: int) -> float:
+    """The classic bound of fp32 summation: n terms summed in any order err by at most gamma(n) times
+    the sum of their magnitudes."""
+    return n * 2.0 ** -24 / (1 - n * 2.0 ** -24)
+
+
+def _split_bf16(values):
+    """(hi, lo) bf16 tensors with hi + lo = values to within 2^-16 relative (hi = values rounded to bf16)."""
+    import torch
+
+    hi = values.to(torch.bfloat16)
+    return hi, (values - hi.float()).to(torch.bfloat16)
+
+
+class _Prefilter:
+    """The item side of the split bf16 prefilter, for an (dim + 1, width) augmented item matrix.
+
+    ``split`` stacks [y_hi; y_lo; y_hi; 1; 1] (3 (dim + 1) + 2 rows, bf16): a user row laid out as
+    [x_hi, x_hi, x_lo, c_hi, c_lo] gets x_hi.y_hi + x_hi.y_lo + x_lo.y_hi + c from one product, which
+    is x.y + c up to the dropped x_lo.y_lo and the halves' remainders (about 3 * 2^-16 of sum|x_i y_i|),
+    the fp32 accumulation and the bf16 output's rounding. ``rows``: the augmented items as fp32 rows,
+    for the exact rescoring of the survivors. ``norm_max``: the largest ||[v; b]|| (bounds sum|x_i y_i|
+    by ||x|| * norm_max, Cauchy-Schwarz). ``probe``: PREFILTER_PROBE items whose exact scores give a
+    lower bound of each row's k-th score."""
+
+    def __init__(self, augmented, n_items: int):
+        import torch
+
+        rows, width = augmented.shape
+        hi, lo = _split_bf16(augmented)
+        self.split = torch.cat([hi, lo, hi, torch.ones(2, width, dtype=torch.bfloat16)])
+        self.rows = augmented.T.contiguous()
+        self.norm_max = float(torch.linalg.vector_norm(self.rows[:n_items].double(), dim=1).max())
+        probe = np.sort(np.random.default_rng(0).choice(n_items, size=min(PREFILTER_PROBE, n_items), replace=False))
+        self.probe = augmented[:, torch.from_numpy(probe)].contiguous()
+        self.probe_of = np.full(width, -1, dtype=np.int64)  # column -> its probe index, or -1
+        self.probe_of[probe] = np.arange(len(probe))
+        terms = self.split.shape[0]
+        u = BF16_UNIT
+        # Every bound is doubled: an implementation that rounds twice (or sums in another order) stays
+        # inside it. alpha: of ||x|| * norm_max; gamma_c: of |c|; beta: of |output| (bf16 rounding);
+        # eps: of ||x|| * norm_max for an fp32 dot product (the probe and the rescoring).
+        self.alpha = 2 * (4 * u * u + _gamma(terms) * (1 + 5 * u))
+        self.gamma_c = 2 * _gamma(terms) * (1 + 2 * u)
+        self.beta = 2 * u / (1 - u)
+        self.eps = 2 * _gamma(rows)
+        self.tiny = 2.0 ** -100  # bf16 products flush subnormals to zero (AMX): an absolute slack
 
 
 def select_top_k(scores, k: int):
@@ -87,14 +165,10 @@ def select_top_k(scores, k: int):
     values = candidates.reshape(-1)[keep] + np.float32(0.0)  # -0.0 becomes 0.0: one score, one key
     flat = chosen[keep // TOPK_GROUP] * TOPK_GROUP + keep % TOPK_GROUP  # row * width + column, ascending
     rows = flat // width
-    # One int64 key per survivor: the row, then the score descending (its float bits mapped to an order-
-    # preserving unsigned int, inverted); a stable sort keeps equal scores in ascending column order.
-    bits = values.view(np.int32).astype(np.int64)
-    ascending = np.where(bits >= 0, bits + (1 << 31), -bits - 1)
-    order = np.argsort((rows << 32) | ((1 << 32) - 1 - ascending), kind="stable")
+    ranked_values, ranked_columns = _rank_rows(rows, values, flat % width, n, width)
     counts = np.bincount(rows, minlength=n)  # at least k per row: the k best maxima survive
-    pick = order[((np.cumsum(counts) - counts)[:, None] + np.arange(k)).reshape(-1)]
-    return torch.from_numpy(values[pick].reshape(n, k)), torch.from_numpy((flat[pick] % width).reshape(n, k))
+    pick = ((np.cumsum(counts) - counts)[:, None] + np.arange(k)).reshape(-1)
+    return torch.from_numpy(ranked_values[pick].reshape(n, k)), torch.from_numpy(ranked_columns[pick].reshape(n, k))
 
 
 def top_k_scores(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[np.ndarray],
@@ -108,6 +182,8 @@ def top_k_scores(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[np.nda
     scores can differ from the CPU's in the last bits, and so can the order of near-equal items."""
     if items.device.type != "cpu":
         return _top_k_on_device(user_vecs, items, k, consumed, tile, select)
+    if items.prefilter is not None and select is None and items.width // TOPK_GROUP > min(k, items.n_items) > 0:
+        return _top_k_prefiltered(user_vecs, items, k, consumed, int(tile or SCORE_TILE_USERS))
     return _top_k_tiles(user_vecs, items, k, consumed, int(tile or SCORE_TILE_USERS), select, _mask_on_host)
 
 
@@ -148,6 +224,122 @@ def _top_k_tiles(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[np.nda
             values[start:start + rows.shape[0]] = top_values.cpu().numpy()
             positions[start:start + rows.shape[0]] = top_columns.cpu().numpy()
     return values, positions
+
+
+def _top_k_prefiltered(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[np.ndarray],
+                       tile: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k_scores` on the CPU with the split bf16 prefilter: the exact fp32 top k per row.
+
+    Per tile of rows x = [u, 1]: exact fp32 scores of the probe items give p, a lower bound of each row's
+    k-th score; the offset c = (a small margin) - p moves the k-th score just above zero. The split
+    product then gives O ~ x.y + c with |O - (x.y + c)| <= A + beta |O| (A from the bounds of
+    :class:`_Prefilter`). With T the k-th largest group maximum of O, k items have x.y + c >= L = T - A -
+    beta |T|, so every item of the exact fp32 top k (within eps of its real score) has
+    O >= lo = (L - 2 eps - A) / (1 + beta). When lo > 0 (as the offset makes it), only non-negative
+    outputs matter, and non-negative bf16 values order like their bits read as int16: the group maxima
+    are one int16 ``amax``, and the survivors (O >= lo, in groups whose maximum is >= lo) are rescored in
+    fp32 and ordered like :func:`select_top_k` (equal scores in ascending column order). A row whose lo
+    is not positive (fewer than k items left, or a pathological score range) takes the fp32 path."""
+    import torch
+
+    pre = items.prefilter
+    assert pre is not None
+    user_vecs = torch.as_tensor(user_vecs, dtype=torch.float32)
+    n, dim = user_vecs.shape
+    if len(consumed) != n:
+        raise ValueError(f"consumed has {len(consumed)} rows for {n} users")
+    k = min(k, items.n_items)
+    values = np.empty((n, k), dtype=np.float32)
+    positions = np.empty((n, k), dtype=np.int64)
+    width, groups, d1 = items.width, items.width // TOPK_GROUP, dim + 1
+    x_buf = torch.ones(min(tile, n), d1)
+    split_buf = torch.empty(min(tile, n), pre.split.shape[0], dtype=torch.bfloat16)
+    out_buf = torch.empty(min(tile, n), width, dtype=torch.bfloat16)
+    neg_inf = np.int16(-128)  # bf16 -inf's bits as int16
+    for start in range(0, n, tile):
+        m = min(tile, n - start)
+        x = x_buf[:m]
+        x[:, :dim] = user_vecs[start:start + m]
+        tile_consumed = consumed[start:start + m]
+        cells = _consumed_cells(tile_consumed)
+        scale = torch.linalg.vector_norm(x.double(), dim=1).numpy() * pre.norm_max  # >= sum |x_i y_i|
+        # The offset: a lower bound of the k-th score from the probe (consumed probe items excluded).
+        probe = torch.mm(x, pre.probe).numpy()
+        if cells is not None:
+            at = pre.probe_of[cells[1]]
+            hit = at >= 0
+            probe[cells[0][hit], at[hit]] = -np.inf
+        p = probe.shape[1]
+        floor = np.partition(probe, p - k, axis=1)[:, p - k].astype(np.float64) if p >= k else np.full(m, -np.inf)
+        floor = np.where(np.isfinite(floor), floor, -scale) - pre.eps * scale
+        slack = pre.alpha * scale + pre.gamma_c * (scale + np.abs(floor)) + pre.tiny
+        target = 8 * slack - floor
+        c_hi = torch.from_numpy(target.astype(np.float32)).to(torch.bfloat16)
+        c_lo = torch.from_numpy((target - c_hi.double().numpy()).astype(np.float32)).to(torch.bfloat16)
+        offset = c_hi.double().numpy() + c_lo.double().numpy()  # the offset the product adds, exactly
+        x_hi, x_lo = _split_bf16(x)
+        row_split = split_buf[:m]
+        row_split[:, :d1], row_split[:, d1:2 * d1], row_split[:, 2 * d1:3 * d1] = x_hi, x_hi, x_lo
+        row_split[:, 3 * d1], row_split[:, 3 * d1 + 1] = c_hi, c_lo
+        bits = torch.mm(row_split, pre.split, out=out_buf[:m]).view(torch.int16)
+        out = bits.numpy()
+        out[:, items.n_items:] = neg_inf
+        if cells is not None:
+            out[cells] = neg_inf
+        maxima = bits.view(m, groups, TOPK_GROUP).amax(dim=2).numpy()
+        # int16 bits -> float32 (a negative group's "maximum" is one of its values: a lower bound, enough)
+        top = (maxima.astype(np.int32) << 16).view(np.float32)
+        t = np.partition(top, groups - k, axis=1)[:, groups - k].astype(np.float64)
+        a = pre.alpha * scale + pre.gamma_c * np.abs(offset) + pre.tiny
+        low = (t - a - pre.beta * np.abs(t) - 2 * pre.eps * scale - a) / (1 + pre.beta)
+        fine = low > 0  # False for NaN too
+        # the largest bf16 at or below ``low``, as int16 bits (one bf16 step down covers float32 rounding)
+        low_bits = ((np.where(fine, low, 1.0).astype(np.float32).view(np.int32) >> 16) - 1).astype(np.int16)
+        low_bits[~fine] = np.iinfo(np.int16).max  # those rows take the fp32 path: no survivors
+        chosen = np.flatnonzero(maxima >= low_bits[:, None])
+        survivors = out.reshape(m * groups, TOPK_GROUP)[chosen]
+        keep = np.flatnonzero(survivors >= low_bits[chosen // groups, None])
+        flat = chosen[keep // TOPK_GROUP] * TOPK_GROUP + keep % TOPK_GROUP  # row * width + column, ascending
+        rows, columns = flat // width, flat % width
+        counts = np.bincount(rows, minlength=m)
+        exact = torch.einsum("ij,ij->i", pre.rows.index_select(0, torch.from_numpy(columns)),
+                             x.repeat_interleave(torch.from_numpy(counts), dim=0)).numpy() + np.float32(0.0)
+        fine &= counts >= k  # always true when low > 0 (the k best maxima survive); kept as a guard
+        done = np.flatnonzero(fine)
+        ranked_values, ranked_columns = _rank_rows(rows, exact, columns, m, width)
+        pick = ((np.cumsum(counts) - counts)[done][:, None] + np.arange(k)).reshape(-1)
+        values[start + done] = ranked_values[pick].reshape(-1, k)
+        positions[start + done] = ranked_columns[pick].reshape(-1, k)
+        rest = np.flatnonzero(~fine)
+        if len(rest):
+            scores = torch.mm(x[torch.from_numpy(rest)], items.augmented)
+            _mask_on_host(scores, items.n_items, [tile_consumed[r] for r in rest])
+            rest_values, rest_columns = select_top_k(scores, k)
+            values[start + rest], positions[start + rest] = rest_values.numpy(), rest_columns.numpy()
+    return values, positions
+
+
+def _rank_rows(rows: np.ndarray, values: np.ndarray, columns: np.ndarray, n_rows: int,
+               width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, columns) ordered by row ascending, then value descending, then column ascending. ``rows``
+    must be ascending (as np.flatnonzero gives them); -0.0 must already be 0.0 (one score, one key).
+
+    One key per entry: the row, the value's float bits mapped to an order-preserving unsigned int and
+    inverted, the column. When the three fit in 64 bits the keys are unique, so numpy's plain (SIMD)
+    sort orders them and the values and columns are read back off the sorted keys; otherwise a stable
+    argsort of (row, value) keys keeps equal values in column order (the columns ascend within a row)."""
+    bits = values.view(np.int32).astype(np.int64)
+    descending = (1 << 32) - 1 - np.where(bits >= 0, bits + (1 << 31), -bits - 1)  # in [0, 2^32)
+    column_bits = max(int(width - 1).bit_length(), 1)
+    if int(max(n_rows - 1, 0)).bit_length() + 32 + column_bits <= 64:
+        keys = (rows.astype(np.uint64) << np.uint64(32 + column_bits)) \
+            | (descending.astype(np.uint64) << np.uint64(column_bits)) | columns.astype(np.uint64)
+        keys.sort()
+        ascending = (1 << 32) - 1 - ((keys >> np.uint64(column_bits)) & np.uint64((1 << 32) - 1)).astype(np.int64)
+        back = np.where(ascending >= 1 << 31, ascending - (1 << 31), -ascending - 1).astype(np.int32)
+        return back.view(np.float32), (keys & np.uint64((1 << column_bits) - 1)).astype(np.int64)
+    order = np.argsort((rows.astype(np.int64) << 32) | descending, kind="stable")
+    return values[order], columns[order]
 
 
 def _consumed_cells(tile_consumed: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:

@@ -203,15 +203,16 @@ def test_new_for_you_lists_rank_only_never_used_items_by_the_same_scores(world):
         assert set(without.list) == {"main"}
 
 
+@pytest.mark.parametrize("prefilter", [False, True], ids=["fp32", "prefilter"])
 @pytest.mark.parametrize("items,k,tile", [(5000, 50, 64), (300, 20, 7), (37, 10, 3), (5, 10, 2)])
-def test_kernel_equals_torch_topk_with_exclusions(items, k, tile):
+def test_kernel_equals_torch_topk_with_exclusions(items, k, tile, prefilter):
     rng = np.random.default_rng(items)
     users = 40
     V = rng.standard_normal((items, 16)).astype(np.float32)
     bias = rng.standard_normal(items).astype(np.float32)
     U = rng.standard_normal((users, 16)).astype(np.float32)
     consumed = [np.sort(rng.choice(items, size=rng.integers(0, items), replace=False)) for _ in range(users)]
-    values, positions = top_k_scores(U, ItemMatrix(V, bias), k, consumed, tile=tile)
+    values, positions = top_k_scores(U, ItemMatrix(V, bias, prefilter=prefilter), k, consumed, tile=tile)
     full = torch.from_numpy(U @ V.T + bias)
     for row, cols in enumerate(consumed):
         full[row, torch.from_numpy(cols)] = float("-inf")
