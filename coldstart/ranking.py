@@ -313,7 +313,7 @@ def _top_k_prefiltered(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[
         rest = np.flatnonzero(~fine)
         if len(rest):
             scores = torch.mm(x[torch.from_numpy(rest)], items.augmented)
-            _mask_on_host(scores, items.n_items, [tile_consumed[r] for r in rest])
+            _mask_on_host(scores, items.n_items, [tile_consumed[int(r)] for r in rest])
             rest_values, rest_columns = select_top_k(scores, k)
             values[start + rest], positions[start + rest] = rest_values.numpy(), rest_columns.numpy()
     return values, positions
