@@ -70,6 +70,9 @@ class Settings:
     device: str = _doc("Device of training and of the score stage's top-k product: auto (CUDA when torch sees one) | "
                        "cpu | cuda (an error without one). On CUDA float32 products use TF32. The encoder has "
                        "encoder_device.", "auto")
+    score_prefilter: str = _doc("The CPU top-k kernel's split bf16 prefilter: auto (on where the CPU has AMX bf16, "
+                                "where it is faster; bench/results/score_speed.md) | on | off. The lists are the "
+                                "exact fp32 top k either way; a score may differ in its last bit.", "auto")
     model_dim: int = _doc("Dimension of the user and item towers' output.", 64)
     train_epochs_warm: int = _doc("Epochs of fine-tuning from yesterday's checkpoint (bench/results/quality.md).", 3)
     train_epochs_full: int = _doc("Epochs of a full (or cold) retrain.", 6)
@@ -190,6 +193,7 @@ class Settings:
              "spark_driver_memory", "expected a JVM size such as 512m or 2g")
         need(self.encoder_device in ("auto", "cpu", "cuda"), "encoder_device", "must be auto, cpu or cuda")
         need(self.device in ("auto", "cpu", "cuda"), "device", "must be auto, cpu or cuda")
+        need(self.score_prefilter in ("auto", "on", "off"), "score_prefilter", "must be auto, on or off")
         need(self.encoder_sha256.strip().lower() in ("auto", "") or
              re.fullmatch(r"[0-9a-f]{64}", self.encoder_sha256.strip().lower()) is not None,
              "encoder_sha256", "expected 64 hex digits, 'auto' or ''")

@@ -87,6 +87,15 @@ def bf16_products_pay() -> bool:
         return False
 
 
+def prefilter_setting(value: str) -> bool | None:
+    """The ``score_prefilter`` setting as ItemMatrix's ``prefilter``: auto -> None (where bf16 products
+    pay), on -> True, off -> False."""
+    choices: dict[str, bool | None] = {"auto": None, "on": True, "off": False}
+    if value not in choices:
+        raise ValueError(f"score_prefilter {value!r}: must be auto, on or off")
+    return choices[value]
+
+
 def _gamma(n: int) -> float:
     """The classic bound of fp32 summation: n terms summed in any order err by at most gamma(n) times
     the sum of their magnitudes."""

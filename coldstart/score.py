@@ -45,7 +45,7 @@ from coldstart.features import (POPULARITY_DAYS, content_vectors, daily_item_cou
                                 day_numbers, pool_user_content, popularity_spark, profiles_spark, recent_popularity,
                                 user_history_spark, window_events_spark, window_start)
 from coldstart.lake import Lake, spark_schema_for
-from coldstart.ranking import ItemMatrix, popular_in_scene, top_k_scores
+from coldstart.ranking import ItemMatrix, popular_in_scene, prefilter_setting, top_k_scores
 from coldstart.registry import registry_row
 from coldstart.results import ScoreResult
 
@@ -262,12 +262,13 @@ def _worker(job: ScoreJob) -> Worker:
         n_active, dim = len(state.item_ids), state.content.shape[1]
         content = torch.from_numpy(state.content[:n_active] if len(state.content) else np.zeros((n_active, dim), np.float32))
         fresh = state.fresh_positions
-        fresh_matrix = ItemMatrix(state.vectors[fresh], state.bias[fresh]) \
+        prefilter = prefilter_setting(job.settings.score_prefilter)
+        fresh_matrix = ItemMatrix(state.vectors[fresh], state.bias[fresh], prefilter=prefilter) \
             if job.settings.new_list_size and len(fresh) else None
         _WORKERS[key] = Worker(
             ckpt=Checkpoint.load(job.checkpoint_uri, expected_checksum=job.checksum), state=state,
             item_index={i: n for n, i in enumerate(state.item_ids)}, item_content=item_content, content=content,
-            matrix=ItemMatrix(state.vectors, state.bias, device=resolve_device(job.settings.device)),
+            matrix=ItemMatrix(state.vectors, state.bias, device=resolve_device(job.settings.device), prefilter=prefilter),
             fresh_matrix=fresh_matrix)
     return _WORKERS[key]
 

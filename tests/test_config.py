@@ -19,6 +19,7 @@ def test_environment_overrides_and_types():
 
 @pytest.mark.parametrize("name,value", [("COLDSTART_TOP_K", "many"), ("COLDSTART_TOP_K", "0"),
                                         ("COLDSTART_BASELINES", "perhaps"), ("COLDSTART_ENCODER_DEVICE", "tpu"),
+                                        ("COLDSTART_SCORE_PREFILTER", "maybe"),
                                         ("COLDSTART_SPARK_MEMORY_FRACTION", "1.5"),
                                         ("COLDSTART_TRAIN_ID_LEARNING_RATE", "0"),
                                         ("COLDSTART_TRAIN_LEARNING_RATE", "-0.1"),

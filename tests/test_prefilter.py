@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import coldstart.ranking
-from coldstart.ranking import TOPK_GROUP, ItemMatrix, _split_bf16, top_k_scores
+from coldstart.ranking import TOPK_GROUP, ItemMatrix, _split_bf16, prefilter_setting, top_k_scores
 
 
 @pytest.fixture
@@ -121,7 +121,11 @@ def test_the_split_product_stays_inside_half_its_bound():
 
 def test_the_prefilter_is_off_on_request_and_for_few_groups():
     V = np.eye(4, dtype=np.float32)
-    assert ItemMatrix(V, np.zeros(4, np.float32), prefilter=False).prefilter is None
+    assert ItemMatrix(V, np.zeros(4, np.float32), prefilter=prefilter_setting("off")).prefilter is None
+    assert ItemMatrix(V, np.zeros(4, np.float32), prefilter=prefilter_setting("on")).prefilter is not None
+    assert prefilter_setting("auto") is None
+    with pytest.raises(ValueError, match="auto, on or off"):
+        prefilter_setting("maybe")
     small = ItemMatrix(V, np.arange(4, dtype=np.float32), prefilter=True)
     values, positions = top_k_scores(np.ones((1, 4), np.float32), small, 2, [np.empty(0, np.int64)])
     assert small.width == TOPK_GROUP and positions.tolist() == [[3, 2]]  # one group: the fp32 path
