@@ -187,7 +187,7 @@ def main() -> None:
     user_vecs, item_vecs, bias, consumed = make_data(args.users, args.items, args.dim, args.consumed, 0)
     items, fp32_items = ItemMatrix(item_vecs, bias), ItemMatrix(item_vecs, bias, prefilter=False)
     exact = check_exact(user_vecs, items, fp32_items, args.k, consumed, args.tile)
-    times = side_by_side({"bare": (bare, (user_vecs, items, args.tile)),
+    times = side_by_side({"bare": (bare, (user_vecs, fp32_items, args.tile)),
                           "kernel": (kernel, (user_vecs, items, args.tile, args.k, consumed)),
                           "fp32 kernel": (kernel, (user_vecs, fp32_items, args.tile, args.k, consumed)),
                           "previous": (previous, (user_vecs, fp32_items, args.tile, args.k, consumed)),
