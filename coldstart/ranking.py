@@ -132,7 +132,8 @@ class _Prefilter:
         hi, lo = _split_bf16(augmented)
         self.split = torch.cat([hi, lo, hi, torch.ones(2, width, dtype=torch.bfloat16)])
         self.rows = augmented.T.contiguous()
-        self.norm_max = float(torch.linalg.vector_norm(self.rows[:n_items].double(), dim=1).max())
+        # in fp32 (no float64 copy of the items), then raised past its rounding: an upper bound
+        self.norm_max = float(torch.linalg.vector_norm(self.rows[:n_items], dim=1).max()) * (1 + 4 * _gamma(rows))
         probe = np.sort(np.random.default_rng(0).choice(n_items, size=min(PREFILTER_PROBE, n_items), replace=False))
         self.probe = augmented[:, torch.from_numpy(probe)].contiguous()
         self.probe_of = np.full(width, -1, dtype=np.int64)  # column -> its probe index, or -1
