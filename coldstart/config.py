@@ -70,8 +70,9 @@ class Settings:
     device: str = _doc("Device of training and of the score stage's top-k product: auto (CUDA when torch sees one) | "
                        "cpu | cuda (an error without one). On CUDA float32 products use TF32. The encoder has "
                        "encoder_device.", "auto")
-    score_prefilter: str = _doc("The CPU top-k kernel's split bf16 prefilter: auto (on where the CPU has AMX bf16, "
-                                "where it is faster; bench/results/score_speed.md) | on | off. The lists are the "
+    score_prefilter: str = _doc("The CPU top-k kernel's split bf16 prefilter: auto (on where the CPU has AMX bf16 and "
+                                "the catalogue has 32768 items or more, where it is faster; "
+                                "bench/results/score_speed.md) | on | off. The lists are the "
                                 "exact fp32 top k either way; a score may differ in its last bit.", "auto")
     model_dim: int = _doc("Dimension of the user and item towers' output.", 64)
     train_epochs_warm: int = _doc("Epochs of fine-tuning from yesterday's checkpoint (bench/results/quality.md).", 3)

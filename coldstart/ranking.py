@@ -9,7 +9,7 @@ scoring above the k-th largest group maximum has a group maximum above it too), 
 exact (ties may pick a different item of equal score); at dim 64 this selection costs a fraction of
 a full ``torch.topk`` over all items (bench/score_speed.py).
 
-On a CPU with AMX (bf16 tile products, several times the fp32 rate) the kernel first runs a *split
+On a CPU with AMX (bf16 tile products, several times the fp32 rate) and a wide catalogue the kernel first runs a *split
 bf16 prefilter* (:func:`_top_k_prefiltered`): one bf16 product whose inputs are each split into two
 bf16 halves gives every score to about 16 bits, with a proven error bound; a per-row threshold from
 that bound keeps only the items that can be in the exact top k (typically k plus a few), and those are
@@ -31,6 +31,9 @@ import pandas as pd
 TOPK_GROUP = 64  # columns per group of the group-max prune (wide groups: a cheap vectorised max; bench/score_speed.py)
 SCORE_TILE_USERS = 256  # rows per matrix product inside a block on the CPU (see bench/score_speed.py)
 DEVICE_TILE_BYTES = 1 << 30  # on a GPU: a score tile of up to 1 GiB (wide tiles keep it busy)
+# The prefilter pays where writing the score tile dominates: measured 0.66-0.90x the fp32 kernel's time
+# at 50k items and 1.2-2.4x at 10k (widths 64 and 448, 1 and 2 threads; bench/results/score_speed.md).
+PREFILTER_MIN_ITEMS = 32_768
 PREFILTER_PROBE = 256  # items scored exactly per row to place the prefilter's offset (a lower bound of the k-th score)
 BF16_UNIT = 2.0 ** -8  # bf16's unit roundoff (8 significant bits)
 POPULARITY_OVERALL_PRIOR = 0.01  # weight of overall popularity in a scene's list (ranks items unseen in the scene)
@@ -43,7 +46,7 @@ class ItemMatrix:
     over the score tile instead of addmm's two (broadcast the bias, then accumulate). ``device``: where
     the products run (default the CPU; see coldstart.devices). ``prefilter``: lay out the split bf16
     copy for :func:`_top_k_prefiltered` (default: on a CPU where bf16 products pay, see
-    :func:`bf16_products_pay`); it is O(items x dim) like the rest: the split copy is 3 (dim + 1) + 2 bf16
+    :func:`bf16_products_pay`, for PREFILTER_MIN_ITEMS items or more); it is O(items x dim) like the rest: the split copy is 3 (dim + 1) + 2 bf16
     rows, 1.5x the fp32 matrix's bytes (135 MB for 50k items at width 448)."""
 
     def __init__(self, vectors, bias, device=None, prefilter: bool | None = None):
@@ -65,8 +68,9 @@ class ItemMatrix:
         if device is not None and not on_cpu:
             self.augmented = self.augmented.to(device)
             self.transposed, self.bias = self.augmented[:dim], self.bias.to(device)
-        self.prefilter = _Prefilter(self.augmented, self.n_items) \
-            if on_cpu and (bf16_products_pay() if prefilter is None else prefilter) and self.n_items else None
+        if prefilter is None:
+            prefilter = bf16_products_pay() and self.n_items >= PREFILTER_MIN_ITEMS
+        self.prefilter = _Prefilter(self.augmented, self.n_items) if on_cpu and prefilter and self.n_items else None
         if self.prefilter is not None:  # one fp32 copy of the items, not two: the fp32 product reads it transposed
             self.augmented = self.prefilter.rows.T
             self.transposed = self.augmented[:dim]
@@ -316,8 +320,7 @@ def _top_k_prefiltered(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[
         flat = chosen[keep // TOPK_GROUP] * TOPK_GROUP + keep % TOPK_GROUP  # row * width + column, ascending
         rows, columns = flat // width, flat % width
         counts = np.bincount(rows, minlength=m)
-        exact = torch.einsum("ij,ij->i", pre.rows.index_select(0, torch.from_numpy(columns)),
-                             x.repeat_interleave(torch.from_numpy(counts), dim=0)).numpy() + np.float32(0.0)
+        exact = _rescore(pre.rows, x, rows, columns, counts)
         fine &= counts >= k  # always true when low > 0 (the k best maxima survive); kept as a guard
         done = np.flatnonzero(fine)
         ranked_values, ranked_columns = _rank_rows(rows, exact, columns, m, width)
@@ -331,6 +334,21 @@ def _top_k_prefiltered(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[
             rest_values, rest_columns = select_top_k(scores, k)
             values[start + rest], positions[start + rest] = rest_values.numpy(), rest_columns.numpy()
     return values, positions
+
+
+def _rescore(item_rows, x, rows: np.ndarray, columns: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Exact fp32 scores x[rows] . item_rows[columns] (rows ascending, ``counts`` per row): one batched
+    product of each row with its survivors, padded to the longest row (padding reads the last item row
+    and is dropped), -0.0 as 0.0."""
+    import torch
+
+    m, longest = len(counts), int(counts.max(initial=0))
+    slot = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    index = np.full((m, longest), item_rows.shape[0] - 1, dtype=np.int64)
+    index[rows, slot] = columns
+    gathered = item_rows.index_select(0, torch.from_numpy(index.reshape(-1))).view(m, longest, -1)
+    scores = torch.bmm(gathered, x.unsqueeze(2)).view(m, longest).numpy()
+    return scores[rows, slot] + np.float32(0.0)
 
 
 def _rank_rows(rows: np.ndarray, values: np.ndarray, columns: np.ndarray, n_rows: int,
