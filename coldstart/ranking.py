@@ -20,10 +20,9 @@ whose scores differ only there.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import functools
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -198,6 +197,8 @@ def top_k_scores(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[np.nda
     :func:`select_top_k` on each masked score tile (bench/score_speed.py times the previous selection).
     The products run on ``items.device``; on a GPU (TF32 products, tiles of up to DEVICE_TILE_BYTES)
     scores can differ from the CPU's in the last bits, and so can the order of near-equal items."""
+    if len(consumed) != len(user_vecs):
+        raise ValueError(f"consumed has {len(consumed)} rows for {len(user_vecs)} users")
     if items.device.type != "cpu":
         return _top_k_on_device(user_vecs, items, k, consumed, tile, select)
     if items.prefilter is not None and select is None and items.width // TOPK_GROUP > min(k, items.n_items) > 0:
@@ -223,8 +224,6 @@ def _top_k_tiles(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[np.nda
     device = items.device
     user_vecs = torch.as_tensor(user_vecs, dtype=torch.float32)
     n = user_vecs.shape[0]
-    if len(consumed) != n:
-        raise ValueError(f"consumed has {len(consumed)} rows for {n} users")
     k = min(k, items.n_items)
     values = np.empty((n, k), dtype=np.float32)
     positions = np.empty((n, k), dtype=np.int64)
@@ -264,8 +263,6 @@ def _top_k_prefiltered(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[
     assert pre is not None
     user_vecs = torch.as_tensor(user_vecs, dtype=torch.float32)
     n, dim = user_vecs.shape
-    if len(consumed) != n:
-        raise ValueError(f"consumed has {len(consumed)} rows for {n} users")
     k = min(k, items.n_items)
     values = np.empty((n, k), dtype=np.float32)
     positions = np.empty((n, k), dtype=np.int64)
@@ -327,12 +324,10 @@ def _top_k_prefiltered(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[
         pick = ((np.cumsum(counts) - counts)[done][:, None] + np.arange(k)).reshape(-1)
         values[start + done] = ranked_values[pick].reshape(-1, k)
         positions[start + done] = ranked_columns[pick].reshape(-1, k)
-        rest = np.flatnonzero(~fine)
+        rest = start + np.flatnonzero(~fine)
         if len(rest):
-            scores = torch.mm(x[torch.from_numpy(rest)], items.augmented)
-            _mask_on_host(scores, items.n_items, [tile_consumed[int(r)] for r in rest])
-            rest_values, rest_columns = select_top_k(scores, k)
-            values[start + rest], positions[start + rest] = rest_values.numpy(), rest_columns.numpy()
+            values[rest], positions[rest] = _top_k_tiles(user_vecs[torch.from_numpy(rest)], items, k,
+                                                         [consumed[int(r)] for r in rest], tile, None, _mask_on_host)
     return values, positions
 
 
