@@ -4,6 +4,7 @@
     .venv/bin/python bench/nightly_scale.py                       # 100k users, 50k items, 1M events/day, 3 days
     .venv/bin/python bench/nightly_scale.py --scale 0.1           # quick smoke run
     .venv/bin/python bench/nightly_scale.py --scale 0.05 --history-days 30 --skip-als   # history independence
+    .venv/bin/python bench/nightly_scale.py --workdir W --keep ... ; ... --workdir W --rerun-last   # last night again
 
 What it does:
 
@@ -349,7 +350,9 @@ def markdown(args, arm: dict, als: dict | None, profile: tuple | None, setup: di
     last = nights[-1]
     lines = [f"### Run {dt.datetime.now():%Y-%m-%d %H:%M}: `{' '.join(sys.argv)}`", "",
              f"{os.cpu_count()} cores, Spark {setup['spark_master']}, driver memory {args.driver_memory}, "
-             f"stages run {setup['mode']}, baselines off; synth {_describe(cfg)} (synth {arm['synth_s']:.0f} s). "
+             f"stages run {setup['mode']}, baselines off; synth {_describe(cfg)} "
+             + ("(--rerun-last: only the last night, again, on the kept lake). " if getattr(args, "rerun_last", False)
+                else f"(synth {arm['synth_s']:.0f} s). ") +
              f"Load average (1/5/15 min) at start {setup['load_start']}. Stage seconds are the stages' own; "
              "wall s adds each job's JVM and session start.",
              "", "| lake | night | " + " | ".join(STAGES) + " | total s | wall s | peak GiB | load at start |",
@@ -422,12 +425,22 @@ def run_arm(spark, root: Path, args, cfg: SynthConfig, sampler, stage_log, histo
     settings = arm_settings(root, args)
     config = None if args.in_process else write_config(root.parent / f"{root.name}.toml", settings)
     arm = {"root": str(root), "config": cfg, "load_start": load()}
+    dates = [cfg.day(d) for d in range(cfg.days)]
+    full_nights = dates
+    if getattr(args, "rerun_last", False):
+        # the kept lake of an earlier run with the same --scale and --days: its last night again (idempotent)
+        if not (root / "lake").is_dir():
+            raise SystemExit(f"--rerun-last: no lake at {root / 'lake'} (run once with --keep and this --workdir)")
+        arm["synth_s"] = 0.0
+        print(f"[{root.name}] --rerun-last: night {dates[-1]} of the kept lake", flush=True)
+        arm["nights"] = [run_night(spark, settings, dates[-1], sampler, stage_log, keep_log=True, args=args,
+                                   config=config)]
+        arm["settings"] = settings
+        return arm
     t0 = time.perf_counter()
     synth(settings.landing, cfg)
     arm["synth_s"] = time.perf_counter() - t0
     print(f"[{root.name}] synth {cfg.days} days in {arm['synth_s']:.1f} s", flush=True)
-    dates = [cfg.day(d) for d in range(cfg.days)]
-    full_nights = dates
     if history_days:
         # Set-up, not timed: days 0..H-2 are ingested one landing day each (in this process, one Spark
         # session), so that every day is its own run_date partition as in production; then day H-2's
@@ -477,6 +490,9 @@ def main() -> None:
     parser.add_argument("--workdir", default=None, help="scratch folder (default: a new one under /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
     parser.add_argument("--skip-als", action="store_true")
+    parser.add_argument("--rerun-last", action="store_true",
+                        help="with --workdir of an earlier --keep run (same --scale and --days): run only its last "
+                             "night's stages again on that lake (they are idempotent), then ALS as usual")
     parser.add_argument("--als-memory-fraction", type=float, default=0.6,
                         help="spark.memory.fraction of the ALS job (default: Spark's own default, 0.6)")
     parser.add_argument("--no-profile", action="store_true", help="do not rerun the slowest stage under cProfile")
@@ -556,7 +572,7 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({"setup": setup, "arm": arm, "history": history, "als": als,
                                                "profile": profile}, indent=1, default=str))
-    if not args.keep:
+    if not args.keep and not args.rerun_last:
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -187,6 +187,35 @@ def test_the_stage_measures_in_spark_what_the_protocol_says(settings, spark):
         assert math.isclose(ev.loc[index, "value"], row.value, rel_tol=1e-12) and ev.loc[index, "n_users"] == row.n
 
 
+def test_long_lists_in_two_scenes_measure_as_the_whole_list(settings, spark):
+    """Lists longer than max(KS) in two scenes whose ranks interleave, cold items past rank 20: the stage keeps only
+    what a metric reads (rank <= 20, or cold) and still equals the driver's reference on the whole lists."""
+    rng = np.random.default_rng(7)
+    lake = Lake.from_settings(settings)
+    users, items = [f"u{n:02d}" for n in range(30)], [f"i{n:03d}" for n in range(90)]
+    fresh = items[60:]  # nobody uses them before D: cold
+    events = [(u, items[int(i)], "home", OLD) for u in users for i in rng.choice(60, 3, replace=False)]
+    events += [(u, items[int(i)], "home", D) for u in users for i in rng.choice(90, 6, replace=False)]
+    write_events(lake, events)
+    rows = []
+    for u in users:
+        for scene, length in (("home", 50), ("search", int(rng.integers(5, 40)))):
+            picked = rng.permutation(90)[:length]
+            rows += [(u, scene, r, items[int(i)], "main") for r, i in enumerate(picked, start=1)]
+    lake.replace_partition("recommendations", _recs(rows), run_date=L)
+    assert any(r[3] in fresh and r[2] > 20 for r in rows)
+    evaluate(spark, settings, D, baselines=False)
+    got = lake.read_pandas("evaluation_users").drop(columns=["run_date", "method"])
+    from coldstart.evaluate import model_lists
+
+    reference = per_user_metrics(model_lists(lake, L)[0], targets(lake, D))
+    assert reference["slice"].eq("cold_only").any()
+    key = ["slice", "metric", "k", "user_id"]
+    pd.testing.assert_frame_equal(got.sort_values(key).reset_index(drop=True)[key + ["value"]],
+                                  reference.sort_values(key).reset_index(drop=True)[key + ["value"]],
+                                  check_dtype=False, check_exact=True)
+
+
 def test_baselines_are_measured_on_a_seeded_sample_of_at_most_baseline_max_users(settings, spark, monkeypatch):
     """With baseline_max_users = N the baselines rank N target users, the same ones for every baseline and on
     every run, while the model is measured on every target user."""
