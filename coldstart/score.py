@@ -107,10 +107,12 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
     vectors, bias = item_vectors(ckpt, item_ids, item_content, fresh=fresh, pop=pop)
     del ckpt  # the workers load their own; the driver keeps only the item side
     events = window_events_spark(spark, lake, settings, run_date)
+    vectors = np.hstack([vectors, pop.astype(np.float32)[:, None]])  # last column: pop, for the boost
+    columns = scored_columns(vectors)
     state = ItemState(
         item_ids=item_ids, is_new=(items["first_interaction"].isna() | (items["first_interaction"] >= run_date)).to_numpy(),
         liked=np.array([f"similar to {t} you liked" for t in titles], dtype=object),  # reason per item, made once
-        vectors=np.hstack([vectors, pop.astype(np.float32)[:, None]]),  # last column: pop, for the boost
+        vectors=np.ascontiguousarray(vectors[:, columns]), columns=columns,
         bias=bias, fresh_positions=np.flatnonzero(fresh), **content_rows(item_ids, item_content),
         popular=popularity_spark(events, run_date))
     del item_content
@@ -139,6 +141,15 @@ def score(spark, settings: Settings, run_date: dt.date, top_k: int | None = None
         job.items.unpersist()
     log.info("score %s: wrote %d recommendations", run_date, written)
     return ScoreResult(users=n_users, lists=n_lists, rows=written, model_version=version)
+
+
+def scored_columns(vectors: np.ndarray) -> np.ndarray:
+    """The columns of the item matrix that can change a score: those not zero for every item. A term the night's
+    blend switched off (weight 0: its item columns are zeros) then costs nothing in the products, and every
+    score is the same sum without its zero terms. At least one column is kept, so the matrices never have
+    width 0."""
+    used = np.flatnonzero(np.any(vectors != 0, axis=0))
+    return used if len(used) else np.arange(min(1, vectors.shape[1]))
 
 
 def content_rows(item_ids: np.ndarray, item_content: dict) -> dict:
@@ -193,13 +204,15 @@ def segment_column(inputs):
 @dataclass
 class ItemState:
     """What every partition needs of the items (broadcast once): the active items (sorted) with their
-    new flag, reason text, model vectors (plus the pop column) and biases, the fresh ones' positions,
+    new flag, reason text, model vectors (plus the pop column; only the ``columns`` of them that are not
+    zero for every item, :func:`scored_columns`) and biases, the fresh ones' positions,
     the encoder vectors of every item (pooled into user content; laid out by :func:`content_rows`) and
     the scene popularity."""
     item_ids: np.ndarray
     is_new: np.ndarray
     liked: np.ndarray
     vectors: np.ndarray
+    columns: np.ndarray  # of the user vectors (plus the boost column) that meet ``vectors``
     bias: np.ndarray
     fresh_positions: np.ndarray
     content_ids: np.ndarray
@@ -315,7 +328,7 @@ def score_users(worker: Worker, job: ScoreJob, users: pd.DataFrame) -> Iterator[
                                 "item_id": np.concatenate([latest[u] for u in hist_users]) if hist_users else NOTHING.astype(object)})
         user_vecs = user_vectors(worker.ckpt, block_users, block["scene"].to_numpy(), u_content, history)
         user_boost = np.where(block["segment"].to_numpy() == "cold", boost, 0.0).astype(np.float32)
-        user_vecs = np.hstack([user_vecs, user_boost[:, None]])
+        user_vecs = np.ascontiguousarray(np.hstack([user_vecs, user_boost[:, None]])[:, state.columns])
         values, positions = top_k_scores(user_vecs, worker.matrix, job.k, [consumed[u] for u in block_users])
         yield _model_batch(block, values, positions, *common)
         if worker.fresh_matrix is not None:  # nobody used a fresh item, so there is nothing to exclude

@@ -115,6 +115,35 @@ def test_profile_only_user_is_scored_from_the_profile(world):
     assert set(old.reason) == {"based on your earlier activity"} and "b2" not in set(old.item_id)
 
 
+def test_scored_columns_leave_out_the_columns_zero_for_every_item():
+    from coldstart.score import scored_columns
+
+    assert scored_columns(np.array([[0.0, 1.0, 0.0, -0.0], [0.0, -2.0, 0.0, 0.0]], np.float32)).tolist() == [1]
+    assert scored_columns(np.zeros((3, 4), np.float32)).tolist() == [0]  # never a matrix of width 0
+
+
+def test_zero_item_columns_left_out_change_no_list(world, monkeypatch):
+    """The stage scores on the item columns that are not zero for every item (a blend term switched off is
+    all zeros): the same lists and scores as on every column."""
+    import coldstart.score as score_module
+
+    settings, lake, registry, recs = world
+    real, widths = score_module.scored_columns, []
+
+    def every_column(vectors):
+        widths.append((vectors.shape[1], len(real(vectors))))
+        return np.arange(vectors.shape[1])
+
+    monkeypatch.setattr(score_module, "scored_columns", every_column)
+    with scored_with(settings, settings) as every:
+        every = every[every.list == "main"]
+    assert widths[0][1] < widths[0][0]  # this world's model has terms at zero: the default run left columns out
+    key = ["user_id", "scene", "rank"]
+    a, b = recs.sort_values(key).reset_index(drop=True), every.sort_values(key).reset_index(drop=True)
+    assert (a.item_id == b.item_id).all()
+    assert np.allclose(a.score, b.score, rtol=1e-5, atol=1e-5)
+
+
 def test_cold_users_scores_add_the_popularity_boost_and_warm_users_do_not(world):
     settings, lake, registry, recs = world
     with scored_with(settings, settings.replace(cold_user_popularity_boost=0.0)) as plain:
