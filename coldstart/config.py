@@ -84,6 +84,10 @@ class Settings:
                                 "on the executors otherwise), each on its shard of the events, the batch split N "
                                 "ways and the gradients averaged after every batch (coldstart/model/distributed.py).",
                                 1)
+    train_threads: int = _doc("torch threads of training, split between the train_processes ranks; 0 = every core "
+                              "(os.cpu_count()): the train job has the machine to itself during its epochs (2 threads "
+                              "instead of 1 on 2 cores: 67 -> 43 ms a step, bench/results/nightly_scale.md). Set 1 "
+                              "where other work shares the cores: oversubscribed OpenMP threads spin.", 0)
     train_learning_rate: float = _doc("Adam learning rate of the towers and heads.", 0.003)
     train_id_learning_rate: float = _doc("Adam learning rate of the id tables (user, item, history and target rows): "
                                          "a row moves only when its id is in a batch, so it needs a larger step than "
@@ -230,6 +234,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "train_replay_sample": (0, 1_000_000_000),
     "train_batch_size": (1, 10_000_000),
     "train_processes": (1, 1024),
+    "train_threads": (0, 1024),
     "train_learning_rate": (0.0, 10.0),
     "train_id_learning_rate": (0.0, 10.0),
     "train_id_dropout": (0.0, 1.0),

@@ -39,6 +39,8 @@ os.environ.update({
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 for key in [k for k in os.environ if k.startswith("COLDSTART_") and k != "COLDSTART_TASK_RETRIES"]:
     del os.environ[key]
+# Two test workers share the cores: one torch thread per training (every child process reads it too).
+os.environ["COLDSTART_TRAIN_THREADS"] = "1"
 
 # `make test` runs two pytest-xdist workers (-n 2): the Airflow stack's module on one and every other test on
 # the other. The stack mostly waits (scheduler loops, task start-up), so the rest runs beside it, and each
@@ -77,7 +79,7 @@ def make_settings(root: Path, **overrides):
 
     values = dict(landing=str(root / "landing"), lake=str(root / "lake"), models=str(root / "models"),
                   reports=str(root / "reports"), spark_shuffle_partitions=2, train_epochs_full=2, train_epochs_warm=1,
-                  model_dim=16, top_k=20, baselines=True)
+                  model_dim=16, top_k=20, baselines=True, train_threads=1)
     values.update(overrides)
     return Settings.load(env={}, **values)
 

@@ -126,7 +126,7 @@ def _distribute(spark, settings: Settings, world: int, main: Callable, *args) ->
     local = str(settings.spark_master).startswith("local")
     distributor = TorchDistributor(num_processes=world, local_mode=local, use_gpu=device == "cuda")
     log.info("training on %d ranks (%s, %s)", world, "driver host" if local else "executors", device)
-    return distributor.run(main, *args, max(1, _train_threads() // world), storage.worker_env())
+    return distributor.run(main, *args, max(1, _train_threads(settings) // world), storage.worker_env())
 
 
 def train_distributed(spark, data: TrainingData, settings: Settings, prior: Checkpoint | None = None,
