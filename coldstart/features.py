@@ -350,15 +350,16 @@ def profiles_spark(spark, lake: Lake, settings: Settings):
 
 def popularity_spark(events, run_date: dt.date, half_life: float = POPULARITY_HALF_LIFE_DAYS) -> pd.DataFrame:
     """popularity() as a Spark aggregation, collected: (scene, item_id, score), O(scenes x items) rows.
-    Each (scene, item)'s weights are summed in ascending order, so the sums do not depend on how the
-    events are partitioned (they may differ from popularity()'s in the last bits)."""
+    Each (scene, item)'s weights are summed exactly as decimals (18 places), so the sums do not depend on
+    how the events are partitioned (they may differ from popularity()'s in the last bits). A sorted list
+    folded by a lambda did the same at 1.6x the time at full scale: Spark interprets lambdas."""
     from pyspark.sql import functions as F
 
     end_us = int(dt.datetime.combine(run_date + dt.timedelta(days=1), dt.time(), dt.timezone.utc).timestamp()) * 1_000_000
     age = (F.lit(end_us) - F.unix_micros("event_ts")) / F.lit(1e6) / F.lit(86400.0)
     weights = events.select("scene", "item_id", F.pow(F.lit(0.5), age / F.lit(half_life)).alias("w"))
     summed = weights.groupBy("scene", "item_id").agg(
-        F.aggregate(F.array_sort(F.collect_list("w")), F.lit(0.0), lambda acc, w: acc + w).alias("score"))
+        F.sum(F.col("w").cast("decimal(38,18)")).cast("double").alias("score"))
     return summed.toPandas().sort_values(["scene", "item_id"]).reset_index(drop=True)
 
 
