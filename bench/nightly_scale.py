@@ -351,7 +351,7 @@ def markdown(args, arm: dict, als: dict | None, profile: tuple | None, setup: di
     lines = [f"### Run {dt.datetime.now():%Y-%m-%d %H:%M}: `{' '.join(sys.argv)}`", "",
              f"{os.cpu_count()} cores, Spark {setup['spark_master']}, driver memory {args.driver_memory}, "
              f"stages run {setup['mode']}, baselines off; synth {_describe(cfg)} "
-             + ("(--rerun-last: only the last night, again, on the kept lake). " if getattr(args, "rerun_last", False)
+             + ("(--rerun-last: only the last night, again, on the kept lake). " if args.rerun_last
                 else f"(synth {arm['synth_s']:.0f} s). ") +
              f"Load average (1/5/15 min) at start {setup['load_start']}. Stage seconds are the stages' own; "
              "wall s adds each job's JVM and session start.",
@@ -427,7 +427,7 @@ def run_arm(spark, root: Path, args, cfg: SynthConfig, sampler, stage_log, histo
     arm = {"root": str(root), "config": cfg, "load_start": load()}
     dates = [cfg.day(d) for d in range(cfg.days)]
     full_nights = dates
-    if getattr(args, "rerun_last", False):
+    if args.rerun_last:
         # the kept lake of an earlier run with the same --scale and --days: its last night again (idempotent)
         if not (root / "lake").is_dir():
             raise SystemExit(f"--rerun-last: no lake at {root / 'lake'} (run once with --keep and this --workdir)")

@@ -305,9 +305,9 @@ def user_rows_spark(spark, lake: Lake, run_date: dt.date, list_rows=None):
     """The target users of run_date (the protocol of :func:`targets`) as one Spark aggregation over the
     interactions and ``list_rows``: one row per target user with ``n_prior`` (events before run_date),
     ``consumed`` (sorted distinct items used before run_date), ``truth`` (the items used on run_date and never
-    before, sorted), ``cold_truth`` (those of them that are cold, sorted) and ``entries`` (the user's rows of ``list_rows`` (method, user_id,
-    rank, item_id) as structs (method, rank, item_id, cold), those past rank max(KS) only where cold: nothing else
-    reads them); cold = nobody used the item before run_date.
+    before, sorted), ``cold_truth`` (those of them that are cold, sorted) and ``entries`` (the user's rows of
+    ``list_rows`` (method, user_id, rank, item_id) as structs (method, rank, item_id, cold), those past rank
+    max(KS) only where cold: nothing else reads them); cold = nobody used the item before run_date.
     Without ``list_rows`` the entries are empty. Rows of users who are not targets are dropped."""
     from pyspark.sql import functions as F
 
