@@ -152,6 +152,12 @@ class _Prefilter:
         self.eps = 2 * _gamma(rows)
         self.tiny = 2.0 ** -100  # bf16 products flush subnormals to zero (AMX): an absolute slack
 
+    def bound(self, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
+        """A per row: the split product's output O of a row x = [u, 1] with offset c has
+        |O - (x.y + c)| <= A + beta |O| for every item y, given ``scale`` >= ||x|| * norm_max (so >= sum
+        |x_i y_i|) and ``offset`` >= |c|."""
+        return self.alpha * scale + self.gamma_c * offset + self.tiny
+
 
 def select_top_k(scores, k: int):
     """Exact top-k per row of a score tile: (values descending, column indices), equal scores in
@@ -287,7 +293,9 @@ def _top_k_prefiltered(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[
         p = probe.shape[1]
         floor = np.partition(probe, p - k, axis=1)[:, p - k].astype(np.float64) if p >= k else np.full(m, -np.inf)
         floor = np.where(np.isfinite(floor), floor, -scale) - pre.eps * scale
-        slack = pre.alpha * scale + pre.gamma_c * (scale + np.abs(floor)) + pre.tiny
+        # the offset's margin: A at scale + |floor| for |c| (c, about 8 slack - floor, is not known yet);
+        # the threshold below takes A again at the offset the product adds
+        slack = pre.bound(scale, scale + np.abs(floor))
         target = 8 * slack - floor
         c_hi = torch.from_numpy(target.astype(np.float32)).to(torch.bfloat16)
         c_lo = torch.from_numpy((target - c_hi.double().numpy()).astype(np.float32)).to(torch.bfloat16)
@@ -305,7 +313,7 @@ def _top_k_prefiltered(user_vecs, items: ItemMatrix, k: int, consumed: Sequence[
         # int16 bits -> float32 (a negative group's "maximum" is one of its values: a lower bound, enough)
         top = (maxima.astype(np.int32) << 16).view(np.float32)
         t = np.partition(top, groups - k, axis=1)[:, groups - k].astype(np.float64)
-        a = pre.alpha * scale + pre.gamma_c * np.abs(offset) + pre.tiny
+        a = pre.bound(scale, np.abs(offset))
         low = (t - a - pre.beta * np.abs(t) - 2 * pre.eps * scale - a) / (1 + pre.beta)
         fine = low > 0  # False for NaN too
         # the largest bf16 at or below ``low``, as int16 bits (one bf16 step down covers float32 rounding)
