@@ -298,7 +298,7 @@ def _positions(lists, item_index: dict) -> list[np.ndarray]:
 def score_users(worker: Worker, job: ScoreJob, users: pd.DataFrame) -> Iterator[pa.RecordBatch]:
     """Recommendation batches of a frame of user_inputs rows (with their segment_column): the model's lists for the users with
     history or a profile, the popular-and-fresh list for the others, each with its 'new for you' list."""
-    from coldstart.model import user_vectors
+    from coldstart.model import user_vectors, vector_width
 
     settings, state = job.settings, worker.state
     scenes = [list(s) if s is not None and len(s) else ["default"] for s in users["scenes"]]
@@ -316,6 +316,7 @@ def score_users(worker: Worker, job: ScoreJob, users: pd.DataFrame) -> Iterator[
     model_rows = pairs[pairs["segment"] != "new"].reset_index(drop=True)
     new_rows = pairs[pairs["segment"] == "new"].reset_index(drop=True)
     boost = float(settings.cold_user_popularity_boost)
+    modelled_columns = state.columns < vector_width(worker.ckpt)  # False only at the boost, the column after the model's
     new_size = int(settings.new_list_size)
     common = (recent, worker.content, state.liked, state.item_ids, state.is_new, job.version, job.run_date)
 
@@ -326,9 +327,12 @@ def score_users(worker: Worker, job: ScoreJob, users: pd.DataFrame) -> Iterator[
         hist_users = [u for u in dict.fromkeys(block_users) if u in latest]
         history = pd.DataFrame({"user_id": np.repeat(np.array(hist_users, dtype=object), [len(latest[u]) for u in hist_users]),
                                 "item_id": np.concatenate([latest[u] for u in hist_users]) if hist_users else NOTHING.astype(object)})
-        user_vecs = user_vectors(worker.ckpt, block_users, block["scene"].to_numpy(), u_content, history)
-        user_boost = np.where(block["segment"].to_numpy() == "cold", boost, 0.0).astype(np.float32)
-        user_vecs = np.ascontiguousarray(np.hstack([user_vecs, user_boost[:, None]])[:, state.columns])
+        # only the columns the item matrix kept: a term the blend switched off is not computed at all
+        user_vecs = np.empty((len(block), len(state.columns)), dtype=np.float32)
+        user_vecs[:, modelled_columns] = user_vectors(worker.ckpt, block_users, block["scene"].to_numpy(), u_content,
+                                                      history, columns=state.columns[modelled_columns])
+        cold = block["segment"].to_numpy() == "cold"
+        user_vecs[:, ~modelled_columns] = np.where(cold, boost, 0.0).astype(np.float32)[:, None]
         values, positions = top_k_scores(user_vecs, worker.matrix, job.k, [consumed[u] for u in block_users])
         yield _model_batch(block, values, positions, *common)
         if worker.fresh_matrix is not None:  # nobody used a fresh item, so there is nothing to exclude

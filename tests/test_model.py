@@ -172,6 +172,34 @@ def _check_logits(ckpt, data, world, users, scenes, items, U, V, b):
         np.testing.assert_allclose(scores[:, j], logit.numpy(), rtol=1e-4, atol=1e-4)
 
 
+def test_user_vectors_of_some_columns_are_the_full_ones_sliced(ckpt, data, monkeypatch):
+    """``columns``: the same floats as the full vectors' columns, in the order asked, and a part none of whose
+    columns is asked for is not computed."""
+    users, scenes = ["t0-u00", "t1-u03", "nobody"], ["home", "search", "home"]
+    history = pd.DataFrame({"user_id": ["t0-u00", "t0-u00", "nobody"], "item_id": ["t0-i02", "t0-i03", "t1-i04"]})
+    model = ckpt.model
+    dim, id_dim, ii_rank, content_rank = (int(model.arch[k]) for k in ("dim", "id_dim", "ii_rank", "content_rank"))
+    ii_start, width = dim + id_dim, dim + id_dim + ii_rank + content_rank
+    full = user_vectors(ckpt, users, scenes, data.user_content, history)
+    assert full.shape == (3, width) and full[:, ii_start:ii_start + ii_rank].any() and full[:, ii_start + ii_rank:].any()
+
+    def not_computed(*args, **kwargs):
+        raise AssertionError("a part none of whose columns is wanted was computed")
+
+    for columns, skipped in [(np.arange(width), []),
+                             (np.r_[:ii_start, ii_start + ii_rank:width], ["ii_sums"]),
+                             ([width - 1, 0, ii_start + 1, dim, ii_start + ii_rank, 3], []),
+                             ([dim + 2, dim], ["user_vec", "ii_sums", "content_projection"])]:
+        with monkeypatch.context() as patch:
+            for name in skipped:
+                patch.setattr(type(model), name, not_computed)
+            some = user_vectors(ckpt, users, scenes, data.user_content, history, columns=columns)
+        assert some.dtype == np.float32 and some.shape == (3, len(columns))
+        assert some.tobytes() == full[:, columns].tobytes(), columns
+    with pytest.raises(ValueError, match="columns"):
+        user_vectors(ckpt, users, scenes, data.user_content, history, columns=[width])
+
+
 def test_new_text_only_item_scores_higher_for_users_of_its_topic(ckpt, data, world):
     for topic in range(N_TOPICS):
         item_id = f"new-item-topic{topic}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 from coldstart.features import POPULARITY_HALF_LIFE_DAYS, pool_user_content, recent_popularity
 from coldstart.model.checkpoint import (FORMAT_VERSION, Checkpoint, CheckpointError, CheckpointExistsError,
                                         checkpoint_files, grow)
-from coldstart.model.inference import INFERENCE_BLOCK, item_vectors, user_vectors
+from coldstart.model.inference import INFERENCE_BLOCK, item_vectors, user_vectors, vector_width
 from coldstart.model.network import HistoryBags, InterestModel
 from coldstart.model.training import (NEGATIVES_PER_BATCH, NEGATIVES_PER_POSITIVE, VALIDATION_FRACTION,
                                       VALIDATION_MAX, VALIDATION_MIN_EVENTS, VALIDATION_NEGATIVES, TrainingData,
@@ -37,6 +37,7 @@ __all__ = [
     "train",
     "user_vectors",
     "item_vectors",
+    "vector_width",
     "DEFAULT_CONTENT_DIM",
     "FORMAT_VERSION",
     "INFERENCE_BLOCK",
